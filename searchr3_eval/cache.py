@@ -1,0 +1,50 @@
+"""On-disk embedding cache: one SQLite file, keyed by encoder settings + kind + text hash."""
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """Stores float32 vectors (and optional reasoning text) so a re-run does not re-encode."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS embeddings (model_key TEXT, text_hash TEXT, vector BLOB, "
+            "reasoning TEXT, PRIMARY KEY (model_key, text_hash))"
+        )
+
+    def get(self, model_key: str, hashes: list[str]) -> dict[str, tuple[np.ndarray, str | None]]:
+        found: dict[str, tuple[np.ndarray, str | None]] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT text_hash, vector, reasoning FROM embeddings WHERE model_key = ? "
+                f"AND text_hash IN ({','.join('?' * len(chunk))})",
+                [model_key, *chunk],
+            )
+            for h, blob, reasoning in rows:
+                found[h] = (np.frombuffer(blob, dtype=np.float32), reasoning)
+        return found
+
+    def put(self, model_key: str, hashes: list[str], vectors: np.ndarray, reasoning: list[str] | None) -> None:
+        rows = [
+            (model_key, h, np.asarray(v, dtype=np.float32).tobytes(), reasoning[i] if reasoning else None)
+            for i, (h, v) in enumerate(zip(hashes, vectors))
+        ]
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,35 @@
+"""Retrieval metrics with pytrec_eval, named as in MTEB and computed as in BEIR."""
+from __future__ import annotations
+
+import pytrec_eval
+
+Run = dict[str, dict[str, float]]
+
+# our name -> (pytrec_eval measure, result key, run cut-off or None)
+MEASURES: dict[str, tuple[str, str, int | None]] = {
+    "ndcg_at_10": ("ndcg_cut.10", "ndcg_cut_10", None),
+    "recall_at_100": ("recall.100", "recall_100", None),
+    "map_at_100": ("map_cut.100", "map_cut_100", None),
+    "mrr_at_10": ("recip_rank", "recip_rank", 10),
+}
+MAIN_METRIC = "ndcg_at_10"
+
+
+def top_k(run: Run, k: int) -> Run:
+    """Keep the ``k`` best-scored documents of each query."""
+    return {qid: dict(sorted(docs.items(), key=lambda kv: kv[1], reverse=True)[:k]) for qid, docs in run.items()}
+
+
+def drop_identical_ids(run: Run) -> Run:
+    """BEIR's ``ignore_identical_ids``: a document with the query's own id is not a result (ArguAna, Quora)."""
+    return {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}
+
+
+def evaluate(qrels: dict[str, dict[str, int]], run: Run) -> dict[str, float]:
+    """Mean of each measure over the judged queries, as BEIR's EvaluateRetrieval.evaluate does."""
+    scores: dict[str, float] = {}
+    for name, (measure, key, cut) in MEASURES.items():
+        evaluator = pytrec_eval.RelevanceEvaluator(qrels, {measure})
+        per_query = evaluator.evaluate(top_k(run, cut) if cut else run)
+        scores[name] = sum(q[key] for q in per_query.values()) / len(per_query) if per_query else 0.0
+    return scores

@@ -1,0 +1,200 @@
+"""Search-R3 encoder: the last-layer hidden state at ``<|embed_token|>``, L2-normalised.
+
+Direct mode answers with a fixed phrase that ends in the token; reasoning mode lets the model write a
+short analysis first (greedy, ``max_new_tokens``) and appends the token if the model did not emit it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from searchr3_eval.errors import UserError
+from searchr3_eval.models.base import DenseEncoder, Kind, l2_normalize
+from searchr3_eval.models.llm import last_hidden_states, left_pad, load_causal_lm, position_ids
+
+EMBED_TOKEN = "<|embed_token|>"
+Reasoning = Literal["off", "on", "all"]  # on: queries reason, documents direct; all: both reason
+
+
+@dataclass(frozen=True)
+class Prompts:
+    system: str = "You are a search embedding model. Read the user's text and represent its meaning."
+    reasoning_system: str = (
+        "You are a search embedding model. Briefly analyse the user's text: its topic, key entities and "
+        f"what a searcher needs. Then end your answer with {EMBED_TOKEN}."
+    )
+    query: str = "Represent this search query for retrieving relevant documents:\n"
+    document: str = "Represent this document for retrieval:\n"
+    direct_answer: str = "The embedding of this text is "
+
+
+def add_embed_token(model, tokenizer) -> int:
+    """Add ``<|embed_token|>`` as a special token; its new embedding row is the mean of the others."""
+    from transformers import AddedToken
+
+    tokenizer.add_tokens([AddedToken(EMBED_TOKEN, special=True, normalized=False)], special_tokens=True)
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        weight[old:] = weight[:old].mean(dim=0)
+        output = model.get_output_embeddings()
+        if output is not None and output.weight.data_ptr() != weight.data_ptr():
+            output.weight[old:] = output.weight[:old].mean(dim=0)
+    return tokenizer.convert_tokens_to_ids(EMBED_TOKEN)
+
+
+def embed_token_id(tokenizer) -> int | None:
+    token_id = tokenizer.convert_tokens_to_ids(EMBED_TOKEN)
+    return None if token_id is None or token_id == tokenizer.unk_token_id else token_id
+
+
+class SearchR3Encoder(DenseEncoder):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str = "Search-R3",
+        revision: str = "unknown",
+        reasoning: Reasoning = "off",
+        max_length: int = 512,
+        max_new_tokens: int = 64,
+        backend: str = "transformers",
+        model_path: str | None = None,
+        prompts: Prompts = Prompts(),
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if reasoning not in ("off", "on", "all"):
+            raise UserError(f"--reasoning must be off, on or all, not {reasoning!r}")
+        token_id = embed_token_id(tokenizer)
+        if token_id is None:
+            raise UserError(f"model {name!r} has no {EMBED_TOKEN} token: it is not a Search-R3 model (use --add-embed-token)")
+        if tokenizer.chat_template is None:
+            raise UserError(f"model {name!r} has no chat template")
+        self.model, self.tokenizer, self.embed_id = model, tokenizer, token_id
+        self.name, self.revision = name, revision
+        self.reasoning, self.max_length, self.max_new_tokens = reasoning, max_length, max_new_tokens
+        self.prompts = prompts
+        self.generator = make_generator(backend, model, tokenizer, model_path, token_id)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, dtype: str = "float32", add_token: bool = False, **kwargs) -> "SearchR3Encoder":
+        model, tokenizer, revision, display = load_causal_lm(name_or_path, dtype)
+        if embed_token_id(tokenizer) is None and add_token:
+            add_embed_token(model, tokenizer)
+            display += ", untrained embed token"
+        return cls(model, tokenizer, name=f"Search-R3 ({display})", revision=revision, model_path=name_or_path, **kwargs)
+
+    @property
+    def settings(self) -> dict:
+        return {
+            "reasoning": self.reasoning,
+            "max_length": self.max_length,
+            "max_new_tokens": self.max_new_tokens,
+            "prompts": asdict(self.prompts),
+            "dtype": str(self.model.dtype),
+        }
+
+    def reasons(self, kind: Kind) -> bool:
+        return self.reasoning == "all" or (self.reasoning == "on" and kind == "query")
+
+    def _messages(self, text: str, kind: Kind, reasoning: bool) -> list[dict[str, str]]:
+        system = self.prompts.reasoning_system if reasoning else self.prompts.system
+        instruction = self.prompts.query if kind == "query" else self.prompts.document
+        return [{"role": "system", "content": system}, {"role": "user", "content": instruction + text}]
+
+    def _render(self, messages: list[dict[str, str]], answer: str | None) -> list[int]:
+        if answer is None:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        full = [*messages, {"role": "assistant", "content": answer}]
+        return self.tokenizer.apply_chat_template(full, continue_final_message=True, tokenize=True, return_dict=False)
+
+    def _truncate(self, text: str, kind: Kind, reasoning: bool) -> str:
+        """Cut the text (keeping its start) so prompt, answer and token fit in ``max_length``."""
+        answer = "" if reasoning else self.prompts.direct_answer
+        overhead = len(self._render(self._messages("", kind, reasoning), answer + EMBED_TOKEN))
+        budget = self.max_length - overhead - (self.max_new_tokens if reasoning else 0)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if budget <= 0:
+            raise UserError(f"max_length {self.max_length} leaves no room for text (prompt uses {overhead} tokens)")
+        return text if len(ids) <= budget else self.tokenizer.decode(ids[:budget])
+
+    def sequences(self, texts: list[str], kind: Kind, analyses: list[str] | None = None) -> list[list[int]]:
+        """Token ids ending in the embed token; longer inputs are left-truncated to ``max_length``."""
+        reasoning = analyses is not None
+        out = []
+        for i, text in enumerate(texts):
+            messages = self._messages(self._truncate(text, kind, reasoning), kind, reasoning)
+            answer = (analyses[i].strip() + " " if reasoning else self.prompts.direct_answer) + EMBED_TOKEN
+            ids = self._render(messages, answer)
+            if ids[-1] != self.embed_id:
+                raise UserError(f"the chat template of {self.name!r} does not end the answer at {EMBED_TOKEN}")
+            out.append(ids[-self.max_length :])
+        return out
+
+    def generation_prompts(self, texts: list[str], kind: Kind) -> list[list[int]]:
+        return [self._render(self._messages(self._truncate(t, kind, True), kind, True), None) for t in texts]
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, list[str] | None]:
+        analyses = self.generator(self.generation_prompts(texts, kind), self.max_new_tokens) if self.reasons(kind) else None
+        hidden = last_hidden_states(self.model, self.sequences(texts, kind, analyses), self.tokenizer.pad_token_id)
+        return l2_normalize(hidden.float().cpu().numpy()), analyses
+
+
+def make_generator(backend: str, model, tokenizer, model_path: str | None, embed_id: int):
+    """A callable (prompt token ids, max_new_tokens) -> analyses, for the chosen backend."""
+    if backend == "transformers":
+        return TransformersGenerator(model, tokenizer, embed_id)
+    if backend == "vllm":
+        return VLLMGenerator(model_path or model.name_or_path, tokenizer)
+    raise UserError(f"unknown generation backend {backend!r}; use transformers or vllm")
+
+
+class TransformersGenerator:
+    """Greedy batched generation on a left-padded batch; stops at the embed token or end of turn."""
+
+    def __init__(self, model, tokenizer, embed_id: int):
+        self.model, self.tokenizer = model, tokenizer
+        stops = {embed_id, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+        self.stop_ids = sorted(i for i in stops if isinstance(i, int) and i != tokenizer.unk_token_id)
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+        ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
+        out = self.model.generate(
+            input_ids=ids.to(self.model.device),
+            attention_mask=mask.to(self.model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        analyses = []
+        for row in out[:, ids.shape[1] :].tolist():
+            cut = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
+            analyses.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        return analyses
+
+
+class VLLMGenerator:
+    """Generation with vLLM (GPU); the embedding itself is still read with transformers."""
+
+    def __init__(self, model_path: str, tokenizer):
+        try:
+            import vllm
+        except ImportError as exc:
+            raise UserError("the vllm backend needs vLLM: pip install 'searchr3-eval[vllm]' (GPU only)") from exc
+        self.vllm = vllm
+        self.llm = vllm.LLM(model=model_path, tokenizer=model_path)
+        self.stop = [EMBED_TOKEN, tokenizer.eos_token]
+
+    def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+        params = self.vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop=self.stop)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        return [o.outputs[0].text.strip() for o in outputs]

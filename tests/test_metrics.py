@@ -1,0 +1,64 @@
+import math
+
+import numpy as np
+import pytest
+
+from searchr3_eval.data import DEFAULT_TASK, document_text, load_task
+from searchr3_eval.metrics import drop_identical_ids, evaluate
+from searchr3_eval.models.bm25 import BM25Retriever, tokenize
+
+
+def test_metrics_match_hand_computation():
+    qrels = {"q1": {"a": 2, "b": 1}, "q2": {"c": 1}}
+    run = {"q1": {"x": 0.9, "a": 0.8, "b": 0.1}, "q2": {"y": 0.5, "z": 0.4}}
+    scores = evaluate(qrels, run)
+    # trec_eval (so BEIR and pytrec_eval) uses the relevance grade itself as the gain
+    dcg = 2 / math.log2(3) + 1 / math.log2(4)
+    idcg = 2 / math.log2(2) + 1 / math.log2(3)
+    assert scores["ndcg_at_10"] == pytest.approx((dcg / idcg + 0.0) / 2)
+    assert scores["mrr_at_10"] == pytest.approx((1 / 2 + 0) / 2)
+    assert scores["recall_at_100"] == pytest.approx((1 + 0) / 2)
+    assert scores["map_at_100"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 0) / 2)
+
+
+def test_mrr_at_10_ignores_hits_below_rank_10():
+    run = {"q": {f"d{i}": 100.0 - i for i in range(12)}}
+    assert evaluate({"q": {"d11": 1}}, run)["mrr_at_10"] == 0.0
+    assert evaluate({"q": {"d9": 1}}, run)["mrr_at_10"] == pytest.approx(0.1)
+
+
+def test_identical_ids_are_dropped_like_beir():
+    assert drop_identical_ids({"q1": {"q1": 1.0, "d": 0.5}}) == {"q1": {"d": 0.5}}
+
+
+def independent_bm25_ndcg10(task, k1=1.5, b=0.75) -> float:
+    """Lucene BM25 and binary nDCG@10 written out with numpy, sharing only the tokenizer."""
+    doc_ids = list(task.corpus)
+    docs = tokenize([document_text(task.corpus[d]) for d in doc_ids])
+    vocab = {t: i for i, t in enumerate(sorted({t for d in docs for t in d}))}
+    tf = np.zeros((len(docs), len(vocab)))
+    for row, tokens in enumerate(docs):
+        for t in tokens:
+            tf[row, vocab[t]] += 1
+    lengths = tf.sum(1)
+    df = (tf > 0).sum(0)
+    idf = np.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+    weights = idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths / lengths.mean())[:, None])
+    total = 0.0
+    query_ids = list(task.queries)
+    for qid, tokens in zip(query_ids, tokenize([task.queries[q] for q in query_ids])):
+        cols = [vocab[t] for t in tokens if t in vocab]
+        scores = weights[:, cols].sum(1)
+        ranking = [doc_ids[i] for i in np.argsort(-scores, kind="stable")[:10] if scores[i] > 0]
+        relevant = task.qrels[qid]
+        dcg = sum(1 / math.log2(r + 2) for r, d in enumerate(ranking) if relevant.get(d, 0) > 0)
+        idcg = sum(1 / math.log2(r + 2) for r in range(min(10, len(relevant))))
+        total += dcg / idcg
+    return total / len(query_ids)
+
+
+def test_bm25_ndcg_agrees_with_independent_computation():
+    task = load_task(DEFAULT_TASK)
+    ours = evaluate(task.qrels, BM25Retriever(show_progress=False).search(task, top_k=100))["ndcg_at_10"]
+    assert 0.5 < ours < 1.0
+    assert ours == pytest.approx(independent_bm25_ndcg10(task), abs=2e-3)
