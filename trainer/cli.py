@@ -1,1 +1,39 @@
-"""Placeholder replaced below."""
+"""``searchr3-train sft|rl --config file.yaml`` (also ``searchr3-eval train ...``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from searchr3_eval.errors import UserError
+
+
+def run_stage(stage: str, config: Path) -> int:
+    from trainer.config import RLConfig, SFTConfig, load_config
+
+    if stage == "sft":
+        from trainer.sft import train_sft
+
+        summary = train_sft(load_config(config, SFTConfig))
+    else:
+        from trainer.rl import train_rl
+
+        summary = train_rl(load_config(config, RLConfig))
+    print(f"{stage}: {summary['steps']} steps; model -> {summary['model']}; log -> {summary['log']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="searchr3-train", description=__doc__)
+    parser.add_argument("stage", choices=["sft", "rl"])
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        return run_stage(args.stage, args.config)
+    except UserError as exc:
+        print(f"searchr3-train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

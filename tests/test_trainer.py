@@ -1,0 +1,122 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from searchr3_eval.errors import UserError
+from searchr3_eval.models.searchr3 import SearchR3Encoder
+from trainer.config import LossWeights, RLConfig, SFTConfig, load_config
+from trainer.data import Triple, load_triples, mine_bm25_triples, write_triples
+from trainer.environment import RetrievalEnvironment, overlap_at_k
+from trainer.losses import info_nce, triplet
+from trainer.modeling import Policy
+from trainer.rl import GRPOTrainer
+from trainer.sft import heldout_infonce, train_sft
+
+WORDS = ["apple", "river", "violin", "carbon", "tiger", "pencil", "harbor", "planet", "candle", "garden",
+         "silver", "monkey", "winter", "rocket", "bridge", "forest"]
+FILLERS = ["some notes", "a short page", "an old text", "the report", "a small story", "more lines"]
+
+
+def keyword_triples(seed: int, n: int) -> list[Triple]:
+    """Toy pairs: a query names a word, its positive mentions the word in random filler, negatives other words."""
+    rng = random.Random(seed)
+    triples = []
+    for _ in range(n):
+        word, other = rng.sample(WORDS, 2)
+        filler = rng.choice(FILLERS)
+        triples.append(Triple(f"find {word}", f"{filler} about {word} here", [f"{filler} about {other} here"]))
+    return triples
+
+
+def test_losses_prefer_the_right_document():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    good = info_nce(q, q.clone(), None, 0.1)
+    bad = info_nce(q, q.flip(0), None, 0.1)
+    assert good < 0.01 < bad
+    assert triplet(q, q, q.flip(0)[:, None, :], 0.2) == 0
+    assert triplet(q, q.flip(0), q[:, None, :], 0.2) == pytest.approx(1.2)
+
+
+def test_triples_file_errors_and_roundtrip(tmp_path):
+    path = tmp_path / "t.jsonl"
+    write_triples(path, keyword_triples(0, 3))
+    assert load_triples(path) == keyword_triples(0, 3)
+    path.write_text('{"query": "x"}\n')
+    with pytest.raises(UserError, match="line 1"):
+        load_triples(path)
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\noutput_dir: o\nweights: {sft: 0.5}\n")
+    assert load_config(path, SFTConfig).weights == LossWeights(sft=0.5)
+    path.write_text("model: m\noutput_dir: o\nlearnig_rate: 1\n")
+    with pytest.raises(UserError, match="learnig_rate"):
+        load_config(path, SFTConfig)
+
+
+def test_bm25_mined_negatives_are_not_judged_relevant(data_dir):
+    from searchr3_eval.data import load_beir_folder
+
+    task = load_beir_folder(data_dir / "MiniGSM")
+    triples = mine_bm25_triples(task, num_negatives=2)
+    assert len(triples) == 40
+    for t, qid in zip(triples, task.qrels):
+        assert t.positive == task.corpus[f"d{qid[1:]}"]["text"] and t.positive not in t.negatives
+        assert len(t.negatives) == 2
+
+
+def test_sft_lowers_heldout_contrastive_loss_and_resumes(tiny_model_dir, tmp_path):
+    train, heldout = keyword_triples(1, 96), keyword_triples(2, 32)
+    write_triples(tmp_path / "train.jsonl", train)
+    cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
+                    learning_rate=1e-2, batch_size=16, max_steps=30, save_every=10, temperature=0.1, max_length=160)
+    before = heldout_infonce(Policy(str(tiny_model_dir), max_length=160), heldout, 0.1)
+    summary = train_sft(cfg, show_progress=False)
+    trained = SearchR3Encoder.from_pretrained(summary["model"], max_length=160, show_progress=False)
+    policy = Policy(summary["model"], max_length=160)
+    after = heldout_infonce(policy, heldout, 0.1)
+    assert after < before - 0.3, (before, after)
+    np.testing.assert_allclose(trained.encode(["find apple"], "query"), policy.encode(["find apple"], "query").numpy(), atol=1e-5)
+    rows = (tmp_path / "out" / "loss_log.csv").read_text().splitlines()
+    assert len(rows) == 31 and (tmp_path / "out" / "loss_plot.png").exists()
+
+    cfg.max_steps = 32  # resuming continues from the checkpoint at step 30
+    train_sft(cfg, show_progress=False)
+    assert len((tmp_path / "out" / "loss_log.csv").read_text().splitlines()) == 33
+
+
+def test_environment_partial_refresh_tracks_a_fresh_index():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(50, 8)).astype(np.float32)
+    drift = {"scale": 0.0}
+
+    def encode(texts):
+        rows = np.array([int(t) for t in texts])
+        vectors = base[rows] + drift["scale"] * np.sin(base[rows] * 3)
+        return torch.tensor(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+
+    env = RetrievalEnvironment([f"d{i}" for i in range(50)], [str(i) for i in range(50)], encode, top_k=5, refresh_every=10)
+    drift["scale"] = 0.5  # the policy changed
+    queries = encode([str(i) for i in range(5)]).numpy()
+    stats = env.refresh_for_batch(queries, ["d0", "d1", "d2", "d3", "d4"])
+    assert 5 <= stats.documents < 50
+    fresh = RetrievalEnvironment(env.doc_ids, env.doc_texts, encode, top_k=5)
+    assert overlap_at_k(env.rankings(queries, 5), fresh.rankings(queries, 5)) == 1.0
+    assert list(env.ranks(queries, ["d0", "d1", "d2", "d3", "d4"])) == [1, 1, 1, 1, 1]
+
+
+def test_rl_improves_mean_reward(tiny_model_dir, tmp_path):
+    triples = keyword_triples(3, 8)
+    write_triples(tmp_path / "rl.jsonl", triples)
+    cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), train_file=str(tmp_path / "rl.jsonl"),
+                   group_size=8, max_new_tokens=12, learning_rate=1e-2, batch_size=4, steps=25, format_reward=1.0,
+                   max_length=200, kl_beta=0.0)
+    trainer = GRPOTrainer(cfg, triples)
+    before = trainer.evaluate(group_size=8)
+    logs = [trainer.step(triples[i : i + 4], trainer.positive_ids[i : i + 4]) for s in range(cfg.steps) for i in [4 * (s % 2)]]
+    after = trainer.evaluate(group_size=8)
+    assert after > before + 0.2, (before, after, [round(x["format_rate"], 2) for x in logs])
+    assert all(0 < x["refreshed_docs"] <= 16 for x in logs)

@@ -1,0 +1,59 @@
+"""Training triples: (query, positive, negatives) from jsonl, or mined from BEIR qrels with BM25."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from searchr3_eval.data import RetrievalTask, document_text
+from searchr3_eval.errors import UserError
+from searchr3_eval.models.bm25 import BM25Retriever
+
+
+@dataclass
+class Triple:
+    query: str
+    positive: str
+    negatives: list[str]
+
+
+def load_triples(path: str | Path) -> list[Triple]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing file: {path}")
+    triples = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            triples.append(Triple(str(row["query"]), str(row["positive"]), [str(n) for n in row.get("negatives", [])]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{path} line {line_no}: expected {{\"query\", \"positive\", \"negatives\"}} ({exc})") from exc
+    if not triples:
+        raise UserError(f"{path} holds no triples")
+    return triples
+
+
+def write_triples(path: str | Path, triples: list[Triple]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for t in triples:
+            handle.write(json.dumps({"query": t.query, "positive": t.positive, "negatives": t.negatives}) + "\n")
+
+
+def mine_bm25_triples(task: RetrievalTask, num_negatives: int = 1, seed: int = 0) -> list[Triple]:
+    """One triple per judged (query, positive); negatives are the best BM25 documents not judged relevant,
+    topped up with random unjudged documents when BM25 matches too few."""
+    run = BM25Retriever(show_progress=False).search(task, top_k=num_negatives + 20)
+    rng = random.Random(seed)
+    doc_ids = list(task.corpus)
+    triples = []
+    for qid, judged in task.qrels.items():
+        ranked = [d for d, _ in sorted(run.get(qid, {}).items(), key=lambda kv: -kv[1])]
+        pool = [d for d in ranked + rng.sample(doc_ids, min(len(doc_ids), num_negatives + len(judged))) if judged.get(d, 0) <= 0]
+        negatives = [document_text(task.corpus[d]) for d in dict.fromkeys(pool)][:num_negatives]
+        for doc_id, grade in judged.items():
+            if grade > 0 and doc_id in task.corpus:
+                triples.append(Triple(task.queries[qid], document_text(task.corpus[doc_id]), negatives))
+    return triples

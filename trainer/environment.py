@@ -1,0 +1,71 @@
+"""A retrieval environment that keeps the corpus index across policy updates.
+
+A full refresh re-encodes every document with the current policy. ``refresh_for_batch`` re-encodes only
+what the batch's rewards depend on (its positives and the current top-k candidates of its queries) plus a
+round-robin slice, so that every document is refreshed at least once every ``refresh_every`` steps.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+EncodeFn = Callable[[list[str]], torch.Tensor]
+
+
+@dataclass
+class RefreshStats:
+    documents: int
+    seconds: float
+
+
+class RetrievalEnvironment:
+    def __init__(self, doc_ids: list[str], doc_texts: list[str], encode: EncodeFn, top_k: int = 10, refresh_every: int = 10):
+        self.doc_ids, self.doc_texts = doc_ids, doc_texts
+        self.position = {d: i for i, d in enumerate(doc_ids)}
+        self.encode, self.top_k, self.refresh_every = encode, top_k, max(1, refresh_every)
+        self.embeddings = np.zeros((0, 0), dtype=np.float32)
+        self.cursor = 0
+        self.full_refresh()
+
+    def _refresh(self, rows: list[int]) -> RefreshStats:
+        start = time.perf_counter()
+        if rows:
+            self.embeddings[rows] = self.encode([self.doc_texts[i] for i in rows]).float().cpu().numpy()
+        return RefreshStats(len(rows), time.perf_counter() - start)
+
+    def full_refresh(self) -> RefreshStats:
+        start = time.perf_counter()
+        self.embeddings = self.encode(self.doc_texts).float().cpu().numpy()
+        return RefreshStats(len(self.doc_texts), time.perf_counter() - start)
+
+    def candidates(self, query_embeddings: np.ndarray) -> set[int]:
+        scores = query_embeddings @ self.embeddings.T
+        k = min(self.top_k, scores.shape[1])
+        return set(np.argpartition(-scores, k - 1, axis=1)[:, :k].ravel().tolist())
+
+    def refresh_for_batch(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> RefreshStats:
+        """Re-encode the batch's positives, its queries' top-k candidates and the next round-robin slice."""
+        rows = {self.position[d] for d in positive_ids} | self.candidates(query_embeddings)
+        per_step = -(-len(self.doc_ids) // self.refresh_every)
+        rows |= {(self.cursor + i) % len(self.doc_ids) for i in range(per_step)}
+        self.cursor = (self.cursor + per_step) % len(self.doc_ids)
+        return self._refresh(sorted(rows))
+
+    def ranks(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> np.ndarray:
+        """1-based rank of each query's positive among all documents."""
+        scores = query_embeddings @ self.embeddings.T
+        rows = np.array([self.position[d] for d in positive_ids])
+        positive = scores[np.arange(len(rows)), rows]
+        return 1 + (scores > positive[:, None]).sum(axis=1)
+
+    def rankings(self, query_embeddings: np.ndarray, k: int) -> np.ndarray:
+        return np.argsort(-(query_embeddings @ self.embeddings.T), axis=1, kind="stable")[:, :k]
+
+
+def overlap_at_k(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean share of top-k documents two rankings ([Q, k] row indices) have in common."""
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))

@@ -1,0 +1,28 @@
+"""The SFT loss terms: InfoNCE, triplet margin, token KL and cross-entropy on the answer."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """Cosine InfoNCE: each query against every positive in the batch (in-batch) and all hard negatives."""
+    candidates = positives if negatives is None or len(negatives) == 0 else torch.cat([positives, negatives])
+    logits = F.normalize(queries, dim=-1) @ F.normalize(candidates, dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
+
+
+def triplet(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, margin: float) -> torch.Tensor:
+    """max(0, margin - cos(q, p) + cos(q, n)) averaged over each query's hard negatives ([B, N, H])."""
+    pos = F.cosine_similarity(queries, positives, dim=-1)[:, None]
+    neg = F.cosine_similarity(queries[:, None, :], negatives, dim=-1)
+    return F.relu(margin - pos + neg).mean()
+
+
+def token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(policy || reference) per token, averaged; both are [N, V] log-probabilities."""
+    return (logprobs.exp() * (logprobs - ref_logprobs)).sum(-1).mean()
+
+
+def answer_cross_entropy(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -logprobs.gather(1, targets[:, None]).mean()

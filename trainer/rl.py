@@ -1,0 +1,161 @@
+"""GRPO-style RL: sample G reasoning rollouts per query, reward their embeddings' retrieval quality.
+
+reward = 1 / rank(positive) + format_reward * [the model emitted the embed token itself];
+advantages are normalised within each query's group; the loss is the clipped policy-gradient objective
+plus ``kl_beta`` * KL to the reference model (k3 estimator), over the generated tokens.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from searchr3_eval.models.llm import left_pad
+from trainer.config import RLConfig
+from trainer.data import Triple, load_triples
+from trainer.environment import RetrievalEnvironment
+from trainer.logging_utils import CSVLog, plot_log
+from trainer.modeling import Policy
+from trainer.sft import save_checkpoint
+
+COLUMNS = ["step", "mean_reward", "mean_rr", "format_rate", "loss", "kl", "refreshed_docs", "refresh_seconds",
+           "rollout_seconds", "tokens_per_second"]
+
+
+@dataclass
+class Rollouts:
+    prompts: list[list[int]]
+    actions: list[list[int]]  # generated tokens, up to and including the first stop token
+    emitted: list[bool]  # the model wrote the embed token itself
+    embeddings: np.ndarray
+
+
+def corpus_from_triples(triples: list[Triple]) -> tuple[list[str], list[str], list[str]]:
+    """Unique documents (positives and negatives) with ids, and each triple's positive id."""
+    ids: dict[str, str] = {}
+    for t in triples:
+        for text in [t.positive, *t.negatives]:
+            ids.setdefault(text, f"doc{len(ids)}")
+    return list(ids.values()), list(ids), [ids[t.positive] for t in triples]
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: RLConfig, triples: list[Triple]):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.triples = triples
+        self.policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                             max_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype)
+        doc_ids, doc_texts, self.positive_ids = corpus_from_triples(triples)
+        self.env = RetrievalEnvironment(doc_ids, doc_texts, lambda texts: self.policy.encode(texts, "document"),
+                                        top_k=cfg.top_k, refresh_every=cfg.refresh_every)
+        self.optimizer = torch.optim.AdamW([p for p in self.policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+        tok = self.policy.tokenizer
+        stops = {self.policy.embed_id, tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
+        self.stop_ids = sorted(i for i in stops if isinstance(i, int) and i != tok.unk_token_id)
+
+    @torch.no_grad()
+    def rollout(self, queries: list[str], group_size: int, generator: torch.Generator | None = None) -> Rollouts:
+        """Sample ``group_size`` analyses per query and embed each (the embed token appended if missing)."""
+        model, pad = self.policy.model, self.policy.tokenizer.pad_token_id
+        model.eval()
+        prompts = [p for p in self.policy.prompter.generation_prompts(queries, "query") for _ in range(group_size)]
+        ids, mask = left_pad(prompts, pad)
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens, do_sample=True,
+                             temperature=self.cfg.temperature, top_k=0, top_p=1.0, eos_token_id=self.stop_ids,
+                             pad_token_id=pad)
+        actions, emitted, sequences = [], [], []
+        for prompt, row in zip(prompts, out[:, ids.shape[1] :].tolist()):
+            cut = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
+            action = row if cut is None else row[: cut + 1]
+            analysis = action if cut is None else action[:-1]
+            actions.append(action)
+            emitted.append(cut is not None and row[cut] == self.policy.embed_id)
+            sequences.append(prompt + analysis + [self.policy.embed_id])
+        embeddings = self.policy.forward(sequences).embeddings.float().cpu().numpy()
+        return Rollouts(prompts, actions, emitted, embeddings)
+
+    def rewards(self, rollouts: Rollouts, positive_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        reciprocal = 1.0 / self.env.ranks(rollouts.embeddings, positive_ids)
+        return reciprocal + self.cfg.format_reward * np.array(rollouts.emitted, dtype=np.float64), reciprocal
+
+    def action_logprobs(self, rollouts: Rollouts, model) -> torch.Tensor:
+        """Per-token log-probabilities of the actions, [B, A] with zeros where there is no token."""
+        sequences = [p + a for p, a in zip(rollouts.prompts, rollouts.actions)]
+        out = self.policy.forward(sequences, model)
+        span = self.policy.last_tokens_mask(sequences, [len(a) for a in rollouts.actions])
+        logprobs, targets = self.policy.span_logprobs(out, span, model)
+        chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
+        result = torch.zeros(span.shape, dtype=chosen.dtype)
+        result[:, 1:][span[:, 1:]] = chosen
+        return result[:, 1:]
+
+    def step(self, batch: list[Triple], positive_ids: list[str]) -> dict:
+        cfg, start = self.cfg, time.perf_counter()
+        rollouts = self.rollout([t.query for t in batch], cfg.group_size)
+        rollout_seconds = time.perf_counter() - start
+        group_positives = [p for p in positive_ids for _ in range(cfg.group_size)]
+        refresh = self.env.refresh_for_batch(rollouts.embeddings, group_positives)
+        rewards, reciprocal = self.rewards(rollouts, group_positives)
+        grouped = rewards.reshape(len(batch), cfg.group_size)
+        advantages = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, keepdims=True) + 1e-4)
+        advantages = torch.tensor(advantages.reshape(-1), dtype=torch.float32)[:, None]
+        with torch.no_grad():
+            old = self.action_logprobs(rollouts, self.policy.model)
+            with self.policy.reference_model() as reference:
+                ref = self.action_logprobs(rollouts, reference)
+        mask = (old != 0).float()
+        self.policy.model.train()
+        for _ in range(cfg.ppo_epochs):
+            new = self.action_logprobs(rollouts, self.policy.model)
+            ratio = (new - old).exp()
+            surrogate = torch.min(ratio * advantages, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * advantages)
+            kl = (ref - new).exp() - (ref - new) - 1
+            per_token = -(surrogate - cfg.kl_beta * kl) * mask
+            loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        tokens = sum(len(p) + len(a) for p, a in zip(rollouts.prompts, rollouts.actions))
+        return {
+            "mean_reward": float(rewards.mean()), "mean_rr": float(reciprocal.mean()),
+            "format_rate": float(np.mean(rollouts.emitted)), "loss": float(loss.item()),
+            "kl": float(((kl * mask).sum() / mask.sum().clamp(min=1)).item()),
+            "refreshed_docs": refresh.documents, "refresh_seconds": refresh.seconds,
+            "rollout_seconds": rollout_seconds, "tokens_per_second": tokens / (time.perf_counter() - start),
+        }
+
+    def evaluate(self, group_size: int = 4, seed: int = 1234) -> float:
+        """Mean reward of fresh rollouts on every training query, with a fixed sampling seed."""
+        self.env.full_refresh()
+        generator = torch.Generator().manual_seed(seed)
+        rollouts = self.rollout([t.query for t in self.triples], group_size, generator)
+        positives = [p for p in self.positive_ids for _ in range(group_size)]
+        return float(self.rewards(rollouts, positives)[0].mean())
+
+
+def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
+    triples = load_triples(cfg.train_file)
+    trainer = GRPOTrainer(cfg, triples)
+    out = Path(cfg.output_dir)
+    log = CSVLog(out / "rl_log.csv", COLUMNS)
+    order = list(range(len(triples)))
+    for step in tqdm(range(cfg.steps), desc="rl", disable=not show_progress):
+        start = (step * cfg.batch_size) % len(triples)
+        if start < cfg.batch_size:
+            random.Random(cfg.seed + step).shuffle(order)
+        idx = order[start : start + cfg.batch_size]
+        log.append({"step": step + 1, **trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx])})
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint")
+    trainer.policy.save(out / "final")
+    plot_log(log, out / "rl_plot.png")
+    return {"steps": cfg.steps, "model": str(out / "final"), "log": str(log.path)}

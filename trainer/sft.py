@@ -1,0 +1,126 @@
+"""SFT stage: L = w_sft*CE(answer) + w_kl*KL(policy||base) + w_infonce*InfoNCE + w_triplet*triplet."""
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from searchr3_eval.data import load_beir_folder
+from trainer.config import SFTConfig
+from trainer.data import Triple, load_triples, mine_bm25_triples
+from trainer.logging_utils import CSVLog, plot_log
+from trainer.losses import answer_cross_entropy, info_nce, token_kl, triplet
+from trainer.modeling import Policy
+
+COLUMNS = ["step", "total", "sft", "kl", "infonce", "triplet", "tokens_per_second"]
+
+
+def training_triples(cfg: SFTConfig) -> list[Triple]:
+    if cfg.train_file:
+        return load_triples(cfg.train_file)
+    if cfg.beir_dir:
+        return mine_bm25_triples(load_beir_folder(Path(cfg.beir_dir), cfg.beir_split), cfg.num_negatives)
+    from searchr3_eval.errors import UserError
+
+    raise UserError("the SFT config needs train_file or beir_dir")
+
+
+def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dict[str, torch.Tensor], int]:
+    """All loss terms for one batch, and the number of tokens it processed."""
+    n_neg = min([cfg.num_negatives, *(len(t.negatives) for t in batch)])
+    docs = [t.positive for t in batch] + [n for t in batch for n in t.negatives[:n_neg]]
+    q_seq, q_answer = policy.direct_sequences([t.query for t in batch], "query")
+    d_seq, d_answer = policy.direct_sequences(docs, "document")
+    sequences, answers = q_seq + d_seq, q_answer + d_answer
+    out = policy.forward(sequences)
+    span = policy.last_tokens_mask(sequences, answers)
+    logprobs, targets = policy.span_logprobs(out, span)
+    with torch.no_grad(), policy.reference_model() as reference:
+        ref_logprobs, _ = policy.span_logprobs(policy.forward(sequences, reference), span, reference)
+    size, dim = len(batch), out.embeddings.shape[1]
+    queries, positives = out.embeddings[:size], out.embeddings[size : 2 * size]
+    negatives = out.embeddings[2 * size :].reshape(size, n_neg, dim)
+    terms = {
+        "sft": answer_cross_entropy(logprobs, targets),
+        "kl": token_kl(logprobs, ref_logprobs),
+        "infonce": info_nce(queries, positives, negatives.reshape(-1, dim), cfg.temperature),
+        "triplet": triplet(queries, positives, negatives, cfg.margin) if n_neg else torch.zeros(()),
+    }
+    w = cfg.weights
+    terms["total"] = w.sft * terms["sft"] + w.kl * terms["kl"] + w.infonce * terms["infonce"] + w.triplet * terms["triplet"]
+    return terms, sum(len(s) for s in sequences)
+
+
+@torch.no_grad()
+def heldout_infonce(policy: Policy, triples: list[Triple], temperature: float, batch_size: int = 16) -> float:
+    """Mean InfoNCE of held-out (query, positive) pairs against the other positives of their batch."""
+    policy.model.eval()
+    losses = []
+    for start in range(0, len(triples), batch_size):
+        batch = triples[start : start + batch_size]
+        q = policy.encode([t.query for t in batch], "query")
+        p = policy.encode([t.positive for t in batch], "document")
+        losses.append(info_nce(q, p, None, temperature).item() * len(batch))
+    return sum(losses) / len(triples)
+
+
+def batch_at(triples: list[Triple], index: int, batch_size: int, seed: int) -> list[Triple]:
+    """The ``index``-th batch of a per-epoch shuffled order (deterministic, so resume continues exactly)."""
+    per_epoch = math.ceil(len(triples) / batch_size)
+    epoch, offset = divmod(index, per_epoch)
+    order = list(range(len(triples)))
+    random.Random(seed + epoch).shuffle(order)
+    return [triples[i] for i in order[offset * batch_size : (offset + 1) * batch_size]]
+
+
+def save_checkpoint(policy: Policy, optimizer, step: int, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {k: v for k, v in policy.model.state_dict().items()}
+    torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step}, tmp / "state.pt")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
+    """Train, checkpointing every ``save_every`` steps; an existing checkpoint is resumed."""
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    triples = training_triples(cfg)
+    policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                    max_length=cfg.max_length, dtype=cfg.dtype)
+    optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size) / cfg.grad_accum)
+    checkpoint = out / "checkpoint"
+    step = 0
+    if (checkpoint / "state.pt").exists():
+        state = torch.load(checkpoint / "state.pt", weights_only=False)
+        policy.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+    log = CSVLog(out / "loss_log.csv", COLUMNS)
+    for step in tqdm(range(step, total_steps), desc="sft", initial=step, total=total_steps, disable=not show_progress):
+        policy.model.train()
+        start, tokens, sums = time.perf_counter(), 0, {}
+        for micro in range(cfg.grad_accum):
+            batch = batch_at(triples, step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
+            terms, n_tokens = sft_losses(policy, batch, cfg)
+            (terms["total"] / cfg.grad_accum).backward()
+            tokens += n_tokens
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.append({"step": step + 1, **sums, "tokens_per_second": tokens / (time.perf_counter() - start)})
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save_checkpoint(policy, optimizer, step + 1, checkpoint)
+    save_checkpoint(policy, optimizer, total_steps, checkpoint)
+    policy.save(out / "final")
+    plot_log(log, out / "loss_plot.png")
+    return {"steps": total_steps, "model": str(out / "final"), "log": str(log.path)}
