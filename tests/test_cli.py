@@ -71,3 +71,14 @@ def test_dense_run_uses_embedding_cache_on_second_run(data_dir, tmp_path):
     assert first["docs_encoded"] == 40 and first["docs_from_cache"] == 0
     assert second["docs_encoded"] == 0 and second["docs_from_cache"] == 40 and second["queries_from_cache"] == 40
     assert second["scores"] == pytest.approx(first["scores"])
+
+
+def test_searchr3_model_without_embed_token(tiny_model_dir, data_dir, tmp_path, capsys):
+    args = ["run", "--tasks", "MiniGSM", "--data-dir", str(data_dir), "--models", f"searchr3:{tiny_model_dir}",
+            "--output-dir", str(tmp_path / "r"), "--no-cache", "--quiet", "--max-length", "256"]
+    assert main(args) == 2
+    assert "has no <|embed_token|> token" in capsys.readouterr().err
+    assert main([*args, "--add-embed-token"]) == 0
+    (result,) = (tmp_path / "r" / "runs").glob("*/MiniGSM.json")
+    data = json.loads(result.read_text())
+    assert data["embedding_dim"] == 32 and data["settings"]["max_length"] == 256

@@ -45,6 +45,10 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32"):
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load causal LM {name_or_path!r}: {exc}") from exc
     model.eval()
+    if gguf_file:  # weights were dequantized on load; drop the GGUF marker so the model can be saved
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     revision = fingerprint(Path(folder) / gguf_file) if gguf_file else fingerprint(folder)
