@@ -71,7 +71,9 @@ def test_bm25_mined_negatives_are_not_judged_relevant(data_dir):
 def test_sft_lowers_heldout_contrastive_loss_and_resumes(tiny_model_dir, tmp_path):
     train, heldout = keyword_triples(1, 96), keyword_triples(2, 32)
     write_triples(tmp_path / "train.jsonl", train)
+    write_triples(tmp_path / "heldout.jsonl", heldout)
     cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
+                    eval_file=str(tmp_path / "heldout.jsonl"),
                     learning_rate=1e-2, batch_size=16, max_steps=30, save_every=10, temperature=0.1, max_length=160)
     before = heldout_infonce(Policy(str(tiny_model_dir), max_length=160), heldout, 0.1)
     summary = train_sft(cfg, show_progress=False)
@@ -79,6 +81,8 @@ def test_sft_lowers_heldout_contrastive_loss_and_resumes(tiny_model_dir, tmp_pat
     policy = Policy(summary["model"], max_length=160)
     after = heldout_infonce(policy, heldout, 0.1)
     assert after < before - 0.3, (before, after)
+    assert summary["heldout_infonce"]["at_start"] == pytest.approx(before, abs=1e-4)
+    assert summary["heldout_infonce"]["at_end"] == pytest.approx(after, abs=1e-4)
     np.testing.assert_allclose(trained.encode(["find apple"], "query"), policy.encode(["find apple"], "query").numpy(), atol=1e-5)
     rows = (tmp_path / "out" / "loss_log.csv").read_text().splitlines()
     assert len(rows) == 31 and (tmp_path / "out" / "loss_plot.png").exists()

@@ -18,10 +18,23 @@ class LossWeights:
     triplet: float = 1.0
 
 
-@dataclass
-class SFTConfig:
+@dataclass(kw_only=True)
+class RunConfig:
+    """Fields every stage shares: the model, where outputs go, LoRA and run settings."""
+
     model: str
     output_dir: str
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    max_length: int = 256
+    save_every: int = 50
+    seed: int = 0
+    dtype: str = "float32"
+
+
+@dataclass(kw_only=True)
+class SFTConfig(RunConfig):
     train_file: str | None = None  # jsonl of {"query", "positive", "negatives": [...]}
     eval_file: str | None = None
     beir_dir: str | None = None  # or mine triples from a BEIR folder's qrels with BM25
@@ -30,24 +43,15 @@ class SFTConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     temperature: float = 0.05
     margin: float = 0.2
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
     learning_rate: float = 2e-5
     batch_size: int = 8
     grad_accum: int = 1
     epochs: int = 1
     max_steps: int | None = None
-    max_length: int = 256
-    save_every: int = 50
-    seed: int = 0
-    dtype: str = "float32"
 
 
-@dataclass
-class RLConfig:
-    model: str
-    output_dir: str
+@dataclass(kw_only=True)
+class RLConfig(RunConfig):
     train_file: str  # jsonl triples; queries are the prompts, positives and negatives the corpus
     group_size: int = 4
     max_new_tokens: int = 32
@@ -61,13 +65,6 @@ class RLConfig:
     steps: int = 20
     top_k: int = 10
     refresh_every: int = 10  # the whole corpus is re-encoded across this many steps
-    max_length: int = 256
-    save_every: int = 50
-    seed: int = 0
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    dtype: str = "float32"
 
 
 T = TypeVar("T")

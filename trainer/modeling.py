@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,9 +95,5 @@ class Policy:
         model = self.model.merge_and_unload() if self.lora else self.model
         model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-        if self.lora:  # merging removed the adapters; re-wrap is not needed after the final save
+        if self.lora:  # merging folded the adapters into the weights; keep using the merged model
             self.model = model
-
-
-def no_grad_if(flag: bool):
-    return torch.no_grad() if flag else nullcontext()

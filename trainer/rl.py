@@ -56,9 +56,7 @@ class GRPOTrainer:
         self.env = RetrievalEnvironment(doc_ids, doc_texts, lambda texts: self.policy.encode(texts, "document"),
                                         top_k=cfg.top_k, refresh_every=cfg.refresh_every)
         self.optimizer = torch.optim.AdamW([p for p in self.policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-        tok = self.policy.tokenizer
-        stops = {self.policy.embed_id, tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
-        self.stop_ids = sorted(i for i in stops if isinstance(i, int) and i != tok.unk_token_id)
+        self.stop_ids = self.policy.prompter.generator.stop_ids
 
     @torch.no_grad()
     def rollout(self, queries: list[str], group_size: int, generator: torch.Generator | None = None) -> Rollouts:

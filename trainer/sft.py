@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.data import load_beir_folder
+from searchr3_eval.errors import UserError
 from trainer.config import SFTConfig
 from trainer.data import Triple, load_triples, mine_bm25_triples
 from trainer.logging_utils import CSVLog, plot_log
@@ -25,8 +27,6 @@ def training_triples(cfg: SFTConfig) -> list[Triple]:
         return load_triples(cfg.train_file)
     if cfg.beir_dir:
         return mine_bm25_triples(load_beir_folder(Path(cfg.beir_dir), cfg.beir_split), cfg.num_negatives)
-    from searchr3_eval.errors import UserError
-
     raise UserError("the SFT config needs train_file or beir_dir")
 
 
@@ -82,8 +82,7 @@ def save_checkpoint(policy: Policy, optimizer, step: int, folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trainable = {k: v for k, v in policy.model.state_dict().items()}
-    torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step}, tmp / "state.pt")
+    torch.save({"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp / "state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
@@ -104,6 +103,8 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         policy.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
+    heldout = load_triples(cfg.eval_file) if cfg.eval_file else None
+    at_start = heldout_infonce(policy, heldout, cfg.temperature) if heldout else None
     log = CSVLog(out / "loss_log.csv", COLUMNS)
     for step in tqdm(range(step, total_steps), desc="sft", initial=step, total=total_steps, disable=not show_progress):
         policy.model.train()
@@ -123,4 +124,8 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     save_checkpoint(policy, optimizer, total_steps, checkpoint)
     policy.save(out / "final")
     plot_log(log, out / "loss_plot.png")
-    return {"steps": total_steps, "model": str(out / "final"), "log": str(log.path)}
+    summary = {"steps": total_steps, "model": str(out / "final"), "log": str(log.path)}
+    if heldout:
+        summary["heldout_infonce"] = {"at_start": at_start, "at_end": heldout_infonce(policy, heldout, cfg.temperature)}
+        atomic_write_json(out / "eval.json", summary)
+    return summary
