@@ -79,7 +79,7 @@ def plot_scores(results: list[dict], path: Path, metric: str = MAIN_METRIC) -> P
     header, rows = table(results, metric)
     tasks = header[1:-1]
     width = 0.8 / max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks) + 3), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks) + 3), 4.5 + 0.25 * len(rows)))
     for i, row in enumerate(rows):
         values = [np.nan if v is None else v for v in row[1:-1]]
         bars = ax.bar(np.arange(len(tasks)) + i * width, values, width, label=row[0])
@@ -88,7 +88,7 @@ def plot_scores(results: list[dict], path: Path, metric: str = MAIN_METRIC) -> P
     ax.set_ylabel(METRIC_TITLES[metric])
     ax.set_ylim(0, 1)
     ax.set_title(f"{METRIC_TITLES[metric]} by task")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
