@@ -119,3 +119,9 @@ def test_base_llm_last_token_encoder(tiny_model_dir):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     single = enc.encode(TEXTS[2:3], "query")
     np.testing.assert_allclose(single[0], vectors[2], atol=1e-5)
+
+
+def test_direct_answer_length_matches_each_rendered_sequence(encoder):
+    for text in TEXTS:
+        prompt = encoder._render(encoder._messages(text, "document", False), None)
+        assert len(encoder.sequences([text], "document")[0]) - len(prompt) == encoder.direct_answer_length("document")

@@ -78,10 +78,7 @@ class Policy:
 
     def direct_sequences(self, texts: list[str], kind: str) -> tuple[list[list[int]], list[int]]:
         """Direct-mode sequences and the length of each one's answer (fixed phrase + embed token)."""
-        sequences = self.prompter.sequences(texts, kind)
-        prompts = [self.prompter._render(self.prompter._messages(self.prompter._truncate(t, kind, False), kind, False), None)
-                   for t in texts]
-        return sequences, [len(s) - len(p) for s, p in zip(sequences, prompts)]
+        return self.prompter.sequences(texts, kind), [self.prompter.direct_answer_length(kind)] * len(texts)
 
     @torch.no_grad()
     def encode(self, texts: list[str], kind: str, batch_size: int = 16) -> torch.Tensor:

@@ -124,6 +124,11 @@ class SearchR3Encoder(DenseEncoder):
             raise UserError(f"max_length {self.max_length} leaves no room for text (prompt uses {overhead} tokens)")
         return text if len(ids) <= budget else self.tokenizer.decode(ids[:budget])
 
+    def direct_answer_length(self, kind: Kind) -> int:
+        """Tokens of the direct-mode answer (fixed phrase + embed token); the same for every text."""
+        messages = self._messages("", kind, False)
+        return len(self._render(messages, self.prompts.direct_answer + EMBED_TOKEN)) - len(self._render(messages, None))
+
     def sequences(self, texts: list[str], kind: Kind, analyses: list[str] | None = None) -> list[list[int]]:
         """Token ids ending in the embed token; longer inputs are left-truncated to ``max_length``."""
         reasoning = analyses is not None
