@@ -1,3 +1,13 @@
 """searchr3-eval: evaluate, benchmark and train Search-R3 embedding models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def evaluate(*args, **kwargs):
+    """Score models on retrieval tasks; see ``searchr3_eval.runner.evaluate``."""
+    from searchr3_eval.runner import evaluate as run
+
+    return run(*args, **kwargs)
+
+
+__all__ = ["evaluate", "__version__"]

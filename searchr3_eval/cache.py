@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from searchr3_eval.errors import UserError
+
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -17,13 +19,20 @@ class EmbeddingCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS embeddings (model_key TEXT, text_hash TEXT, vector BLOB, "
-            "reasoning TEXT, PRIMARY KEY (model_key, text_hash))"
-        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings (model_key TEXT, text_hash TEXT, vector BLOB, "
+                "reasoning TEXT, PRIMARY KEY (model_key, text_hash))"
+            )
+            self._db.execute("SELECT model_key, text_hash, vector, reasoning FROM embeddings LIMIT 1").fetchall()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise UserError(
+                f"embedding cache {self.path} cannot be used ({exc}); move it aside or delete it to rebuild "
+                "the cache, or run with --no-cache"
+            ) from exc
 
     def get(self, model_key: str, hashes: list[str]) -> dict[str, tuple[np.ndarray, str | None]]:
         found: dict[str, tuple[np.ndarray, str | None]] = {}

@@ -1,21 +1,29 @@
-"""Command line: ``searchr3-eval run | report | tasks | train``."""
+"""Command line: ``searchr3-eval run | report | verify | tasks | train``."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import fields
 from pathlib import Path
 
 from searchr3_eval.errors import UserError
 
-DEFAULT_CACHE = Path(os.environ.get("SEARCHR3_CACHE", Path.home() / ".cache" / "searchr3-eval"))
+PROG = "searchr3-eval"
+QUIET_ENV = {"TQDM_DISABLE": "1"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from searchr3_eval.data import DEFAULT_TASK
-    from searchr3_eval.models import DEFAULT_MODELS
+    from searchr3_eval.models import DEFAULT_MODELS, ModelOptions
+    from searchr3_eval.models.searchr3 import PROMPT_PRESETS
+    from searchr3_eval.runner import DEFAULT_OUTPUT, DEFAULT_TOP_K
 
-    parser = argparse.ArgumentParser(prog="searchr3-eval", description=__doc__)
+    d = ModelOptions()
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="score models on retrieval tasks, then write the leaderboard")
@@ -23,24 +31,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--models", default=DEFAULT_MODELS, help=f"comma list of model specs; default {DEFAULT_MODELS}")
     run.add_argument("--data-dir", type=Path, help="folder holding BEIR-format task folders (corpus.jsonl, queries.jsonl, qrels/)")
     run.add_argument("--split", help="qrels split to evaluate (default: the task's test split)")
-    run.add_argument("--output-dir", type=Path, default=Path("results"))
-    run.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="embedding cache folder")
+    run.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
+    run.add_argument("--cache-dir", type=Path, help="embedding cache folder (default ~/.cache/searchr3-eval or $SEARCHR3_CACHE)")
     run.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    run.add_argument("--overwrite", action="store_true", help="redo (model, task) pairs that already have results")
+    run.add_argument("--overwrite", action="store_true", help="redo results that already exist")
     run.add_argument("--offline", action="store_true", help="never download task data")
-    run.add_argument("--batch-size", type=int, default=32)
-    run.add_argument("--top-k", type=int, default=100)
-    run.add_argument("--reasoning", choices=["off", "on", "all"], default="off",
+    run.add_argument("--skip-missing", action="store_true", help="skip BEIR sets whose data is missing (offline) without failing")
+    run.add_argument("--baseline", help="model spec or row label the report's significance tests compare with (default bm25)")
+    run.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    run.add_argument("--batch-size", type=int, default=d.batch_size)
+    run.add_argument("--reasoning", choices=["off", "on", "all"], default=d.reasoning,
                      help="Search-R3 reasoning: off, on (queries reason), all (queries and documents)")
-    run.add_argument("--max-length", type=int, default=512)
-    run.add_argument("--max-new-tokens", type=int, default=64)
-    run.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    run.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    run.add_argument("--max-length", type=int, default=d.max_length)
+    run.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    run.add_argument("--dtype", choices=["float32", "bfloat16"], default=d.dtype)
+    run.add_argument("--backend", choices=["transformers", "vllm"], default=d.backend)
     run.add_argument("--add-embed-token", action="store_true", help="add an (untrained) embed token to models without one")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--prompts", choices=sorted(PROMPT_PRESETS), default=d.prompts,
+                     help="Search-R3 prompt preset (paper: the released checkpoint's format)")
+    run.add_argument("--system-prompt", help="Search-R3 system prompt (replaces the preset's)")
+    run.add_argument("--query-prompt", help="prefix for queries: the sentence-transformers prompt, or Search-R3's user-turn prefix")
+    run.add_argument("--document-prompt", help="prefix for documents (as --query-prompt)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (ours or the libraries')")
 
     report = sub.add_parser("report", help="write leaderboard tables and plots from existing results")
-    report.add_argument("--output-dir", type=Path, default=Path("results"))
+    report.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
+    report.add_argument("--baseline", help="model spec or row label for the significance tests (default bm25)")
+
+    verify = sub.add_parser("verify", help="re-run pinned expected scores and print a pass/fail matrix")
+    verify.add_argument("--data-dir", type=Path, required=True, help="folder holding the BEIR task folders")
+    verify.add_argument("--expected", type=Path, help="expected-scores YAML (default: the packaged one)")
+    verify.add_argument("--models", help="only rows of these model specs (comma list)")
+    verify.add_argument("--tasks", help="only rows of these tasks (comma list)")
+    verify.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT / "verify")
+    verify.add_argument("--cache-dir", type=Path)
+    verify.add_argument("--quiet", action="store_true")
 
     tasks = sub.add_parser("tasks", help="list known tasks")
     tasks.add_argument("--data-dir", type=Path)
@@ -51,50 +76,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_run(args: argparse.Namespace) -> int:
-    from searchr3_eval.cache import EmbeddingCache
-    from searchr3_eval.data import load_task, resolve_task_names
-    from searchr3_eval.models import ModelOptions, load_model, parse_model_specs
-    from searchr3_eval.report import write_report
-    from searchr3_eval.runner import evaluate_pair, result_path, write_result
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence library progress bars too (weight loading, GGUF de-quantizing; tqdm reads TQDM_DISABLE when first
+    imported, which in the command-line process is after this), and restore everything afterwards."""
+    saved = {name: os.environ.get(name) for name in QUIET_ENV}
+    os.environ.update(QUIET_ENV)
+    from transformers.utils import logging as hf_logging
 
-    if args.batch_size < 1 or args.top_k < 1:
-        raise UserError("--batch-size and --top-k must be at least 1")
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise UserError(f"--data-dir {args.data_dir} is not a folder")
-    task_names = resolve_task_names(args.tasks, args.data_dir)
-    specs = parse_model_specs(args.models)
-    options = ModelOptions(
-        batch_size=args.batch_size, reasoning=args.reasoning, max_length=args.max_length,
-        max_new_tokens=args.max_new_tokens, dtype=args.dtype, backend=args.backend,
-        add_embed_token=args.add_embed_token, show_progress=not args.quiet,
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if bars:
+            hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from searchr3_eval.models import ModelOptions
+    from searchr3_eval.runner import default_cache_dir, evaluate
+
+    names = {f.name for f in fields(ModelOptions)}
+    options = ModelOptions(**{k: v for k, v in vars(args).items() if k in names}, show_progress=not args.quiet)
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    summary = evaluate(
+        args.models, args.tasks, args.output_dir, options=options, data_dir=args.data_dir, split=args.split,
+        top_k=args.top_k, overwrite=args.overwrite, cache_dir=cache_dir, download=not args.offline,
+        skip_missing=args.skip_missing, baseline=args.baseline,
     )
-    cache = None if args.no_cache else EmbeddingCache(args.cache_dir / "embeddings.sqlite")
-    loaded_tasks = {}
-    for spec in specs:
-        todo = [t for t in task_names if args.overwrite or not result_path(args.output_dir, spec, t).exists()]
-        for name in sorted(set(task_names) - set(todo)):
-            print(f"skip {spec} on {name}: result exists (use --overwrite to redo)")
-        if not todo:
-            continue
-        model = load_model(spec, options, cache)
-        for name in todo:
-            if name not in loaded_tasks:
-                loaded_tasks[name] = load_task(name, args.data_dir, args.split, download=not args.offline)
-            result = evaluate_pair(model, spec, loaded_tasks[name], args.top_k)
-            path = write_result(args.output_dir, result)
-            print(f"{result['model']} on {name}: nDCG@10 {result['scores']['ndcg_at_10']:.4f} -> {path}")
-    for path in write_report(args.output_dir):
+    for path in summary.report_files:
         print(f"wrote {path}")
+    if summary.missing_tasks:
+        print(f"skipped {len(summary.missing_tasks)} task(s) without data: {', '.join(summary.missing_tasks)}")
     return 0
 
 
+def command_verify(args: argparse.Namespace) -> int:
+    from searchr3_eval.runner import default_cache_dir
+    from searchr3_eval.verify import format_matrix, verify
+
+    checks = verify(args.data_dir, args.expected, models=args.models, tasks=args.tasks, output_dir=args.output_dir,
+                    cache_dir=args.cache_dir or default_cache_dir(), show_progress=not args.quiet)
+    print(format_matrix(checks))
+    return 0 if all(c.passed for c in checks) else 1
+
+
 def command_tasks(args: argparse.Namespace) -> int:
-    from searchr3_eval.data import BEIR_TASKS, DEFAULT_TASK
+    from searchr3_eval.data import AGGREGATES, BEIR_TASKS, DEFAULT_TASK
 
     print(f"{DEFAULT_TASK}\t(embedded)")
     for name, (folder, split) in sorted(BEIR_TASKS.items()):
         print(f"{name}\tBEIR {folder} ({split})")
+    for name, members in AGGREGATES.items():
+        print(f"{name}\tgroup: mean of {len(members)} CQADupStack forums")
     if args.data_dir and args.data_dir.is_dir():
         for folder in sorted(p for p in args.data_dir.iterdir() if (p / "corpus.jsonl").is_file()):
             print(f"{folder.name}\t(local: {folder})")
@@ -103,27 +145,44 @@ def command_tasks(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    ours = logging.getLogger("searchr3_eval")
+    ours.handlers = [handler]
+    ours.setLevel(logging.WARNING)
+    with quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
+        return dispatch(args)
+
+
+def dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return command_run(args)
         if args.command == "report":
             from searchr3_eval.report import write_report
 
-            for path in write_report(args.output_dir):
+            for path in write_report(args.output_dir, args.baseline):
                 print(f"wrote {path}")
             return 0
+        if args.command == "verify":
+            return command_verify(args)
         if args.command == "tasks":
             return command_tasks(args)
         from trainer.cli import run_stage
 
         return run_stage(args.stage, args.config)
     except UserError as exc:
-        print(f"searchr3-eval: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. the disk filled up while writing
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("searchr3-eval: interrupted; finished results are kept", file=sys.stderr)
+        print(f"{PROG}: interrupted; finished results are kept", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -1,10 +1,13 @@
 """Retrieval tasks in BEIR format: corpus.jsonl, queries.jsonl and qrels/<split>.tsv."""
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +16,15 @@ from tqdm.auto import tqdm
 from searchr3_eval.atomic import atomic_write
 from searchr3_eval.errors import UserError
 
+log = logging.getLogger(__name__)
+
 EMBEDDED_DIR = Path(__file__).resolve().parent / "datasets"
 DEFAULT_TASK = "GSM8KRetrieval"
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{}.zip"
 
-# MTEB task name -> (BEIR dataset folder, evaluation split)
+CQADUPSTACK_FORUMS = ["android", "english", "gaming", "gis", "mathematica", "physics", "programmers", "stats", "tex",
+                      "unix", "webmasters", "wordpress"]
+# MTEB task name -> (BEIR dataset folder, evaluation split); CQADupStack's forums live in cqadupstack/<forum>
 BEIR_TASKS: dict[str, tuple[str, str]] = {
     "ArguAna": ("arguana", "test"),
     "ClimateFEVER": ("climate-fever", "test"),
@@ -33,8 +40,13 @@ BEIR_TASKS: dict[str, tuple[str, str]] = {
     "SciFact": ("scifact", "test"),
     "TRECCOVID": ("trec-covid", "test"),
     "Touche2020": ("webis-touche2020", "test"),
+    **{f"CQADupstack{forum.capitalize()}Retrieval": (f"cqadupstack/{forum}", "test") for forum in CQADUPSTACK_FORUMS},
 }
-GROUPS: dict[str, list[str]] = {"BEIR": sorted(BEIR_TASKS)}
+# MTEB reports CQADupStack as one task: the mean of its forums
+AGGREGATES: dict[str, list[str]] = {
+    "CQADupstackRetrieval": [f"CQADupstack{forum.capitalize()}Retrieval" for forum in CQADUPSTACK_FORUMS],
+}
+GROUPS: dict[str, list[str]] = {"BEIR": sorted(BEIR_TASKS), **AGGREGATES}
 
 
 @dataclass
@@ -47,6 +59,24 @@ class RetrievalTask:
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
     source: str
+    fingerprint: str = ""
+    default_split: str = "test"
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """Where a task's files are, which split is scored, and a content hash of those files."""
+
+    name: str
+    folder: Path
+    split: str
+    default_split: str
+    fingerprint: str
+    size: int  # bytes of the three files
+
+
+class MissingTaskData(UserError):
+    """A known task whose files are not here and cannot be downloaded."""
 
 
 def resolve_task_names(spec: str, data_dir: Path | None = None) -> list[str]:
@@ -74,26 +104,52 @@ def _local_folder(name: str, data_dir: Path | None) -> Path | None:
     candidates = [data_dir / name]
     if name in BEIR_TASKS:
         candidates.append(data_dir / BEIR_TASKS[name][0])
-    return next((c for c in candidates if (c / "corpus.jsonl").is_file()), None)
+    return next((c for c in candidates if c.is_dir()), None)
 
 
-def load_task(name: str, data_dir: Path | None = None, split: str | None = None, download: bool = True) -> RetrievalTask:
-    """Load a task from ``data_dir``, the embedded datasets, or (BEIR tasks, online) the BEIR server."""
+def files_fingerprint(paths: list[Path]) -> str:
+    """sha256 over the names and bytes of ``paths`` (a task's corpus, queries and qrels)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def locate_task(name: str, data_dir: Path | None = None, split: str | None = None, download: bool = True) -> TaskSource:
+    """Find a task's folder (``data_dir``, embedded, or downloaded) and check its files, without parsing them."""
     default_split = BEIR_TASKS.get(name, (name, "test"))[1]
     split = split or default_split
     folder = _local_folder(name, data_dir)
     if folder is None and name == DEFAULT_TASK:
         folder = EMBEDDED_DIR / DEFAULT_TASK
     if folder is None and name in BEIR_TASKS:
+        dataset = BEIR_TASKS[name][0]
         if not download or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise UserError(
-                f"task {name} is not under --data-dir ({data_dir}) and downloads are off; "
-                f"put the BEIR folder {BEIR_TASKS[name][0]}/ there"
+            raise MissingTaskData(
+                f"task {name} is not under --data-dir ({data_dir}) and downloads are off; put the BEIR folder {dataset}/ there"
             )
-        folder = download_beir(BEIR_TASKS[name][0], data_dir or Path("data"))
+        folder = download_beir(dataset, data_dir or Path("data"))
     if folder is None:
         raise UserError(f"no data for task {name!r} (looked in {data_dir})")
-    return load_beir_folder(folder, split, name=name)
+    paths = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"]
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"task {name}: missing {path.relative_to(folder)} in {folder}")
+    return TaskSource(name, folder, split, default_split, files_fingerprint(paths), sum(p.stat().st_size for p in paths))
+
+
+def load_task(name: str, data_dir: Path | None = None, split: str | None = None, download: bool = True) -> RetrievalTask:
+    """Load a task from ``data_dir``, the embedded datasets, or (BEIR tasks, online) the BEIR server."""
+    return load_task_source(locate_task(name, data_dir, split, download))
+
+
+def load_task_source(source: TaskSource) -> RetrievalTask:
+    task = load_beir_folder(source.folder, source.split, name=source.name)
+    task.fingerprint, task.default_split = source.fingerprint, source.default_split
+    return task
 
 
 def download_beir(dataset: str, data_dir: Path) -> Path:
@@ -101,13 +157,14 @@ def download_beir(dataset: str, data_dir: Path) -> Path:
     target = data_dir / dataset
     if (target / "corpus.jsonl").is_file():
         return target
-    url = BEIR_URL.format(dataset)
-    zip_path = data_dir / f"{dataset}.zip"
+    archive = dataset.split("/")[0]  # cqadupstack/<forum> comes in cqadupstack.zip
+    url = BEIR_URL.format(archive)
+    zip_path = data_dir / f"{archive}.zip"
 
     def fetch(tmp: str) -> None:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length", 0)) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dataset}") as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {archive}") as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -122,55 +179,74 @@ def download_beir(dataset: str, data_dir: Path) -> Path:
     return target
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line; bytes that are not UTF-8 are an error naming file and line."""
     if not path.is_file():
         raise UserError(f"missing file: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"malformed JSON in {path} line {line_no}: {exc.msg}") from exc
-            if not isinstance(row, dict) or "_id" not in row:
-                raise UserError(f"{path} line {line_no}: each line must be an object with an '_id' field")
-            rows.append(row)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path} line {line_no}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})") from exc
+            if line.strip():
+                yield line_no, line
+
+
+def _read_jsonl(path: Path, kind: str) -> dict[str, dict]:
+    """Rows of a BEIR jsonl file by ``_id``; a repeated id is an error naming it."""
+    rows: dict[str, dict] = {}
+    for line_no, line in _lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"malformed JSON in {path} line {line_no}: {exc.msg}") from exc
+        if not isinstance(row, dict) or "_id" not in row:
+            raise UserError(f"{path} line {line_no}: each line must be an object with an '_id' field")
+        key = str(row["_id"])
+        if key in rows:
+            raise UserError(f"{path} line {line_no}: duplicate {kind} id {key!r}")
+        rows[key] = row
     return rows
 
 
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    if not path.is_file():
-        raise UserError(f"missing file: {path}")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            fields = line.rstrip("\n").split("\t")
-            if not line.strip() or (line_no == 1 and fields[0] == "query-id"):
-                continue
-            if len(fields) == 4:  # TREC style: qid 0 docid grade
-                fields = [fields[0], fields[2], fields[3]]
-            try:
-                qid, doc_id, grade = fields
-                qrels.setdefault(qid, {})[doc_id] = int(grade)
-            except ValueError as exc:
-                raise UserError(f"malformed qrels line {line_no} in {path}: expected 'query-id<TAB>corpus-id<TAB>score'") from exc
+    for line_no, line in _lines(path):
+        fields = line.rstrip("\r\n").split("\t")
+        if line_no == 1 and fields[0] == "query-id":
+            continue
+        if len(fields) == 4:  # TREC style: qid 0 docid grade
+            fields = [fields[0], fields[2], fields[3]]
+        try:
+            qid, doc_id, grade = fields
+            qrels.setdefault(qid, {})[doc_id] = int(grade)
+        except ValueError as exc:
+            raise UserError(f"malformed qrels line {line_no} in {path}: expected 'query-id<TAB>corpus-id<TAB>score'") from exc
     return qrels
+
+
+def _text(value) -> str:
+    """A BEIR text field; a missing or null field is empty (never the string 'None')."""
+    return "" if value is None else str(value)
 
 
 def load_beir_folder(folder: Path, split: str = "test", name: str | None = None) -> RetrievalTask:
     """Read a BEIR folder; like BEIR's GenericDataLoader, keep only queries that have qrels."""
     folder = Path(folder)
     corpus = {
-        str(row["_id"]): {"title": str(row.get("title") or ""), "text": str(row.get("text") or "")}
-        for row in _read_jsonl(folder / "corpus.jsonl")
+        doc_id: {"title": _text(row.get("title")), "text": _text(row.get("text"))}
+        for doc_id, row in _read_jsonl(folder / "corpus.jsonl", "document").items()
     }
-    all_queries = {str(row["_id"]): str(row.get("text") or "") for row in _read_jsonl(folder / "queries.jsonl")}
-    qrels = _read_qrels(folder / "qrels" / f"{split}.tsv")
+    all_queries = {qid: _text(row.get("text")) for qid, row in _read_jsonl(folder / "queries.jsonl", "query").items()}
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    qrels = _read_qrels(qrels_path)
     missing = sorted(set(qrels) - set(all_queries))
     if missing:
         raise UserError(f"{folder}: qrels name {len(missing)} queries not in queries.jsonl (e.g. {missing[0]!r})")
+    unknown_docs = sorted({d for docs in qrels.values() for d in docs} - set(corpus))
+    if unknown_docs:
+        log.warning("%s: qrels name %d documents not in corpus.jsonl (e.g. %r)", qrels_path, len(unknown_docs), unknown_docs[0])
     queries = {qid: all_queries[qid] for qid in qrels}
     if not corpus or not queries:
         raise UserError(f"{folder}: empty corpus or no judged queries for split {split!r}")

@@ -1,6 +1,8 @@
 """Retrieval metrics with pytrec_eval, named as in MTEB and computed as in BEIR."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytrec_eval
 
 Run = dict[str, dict[str, float]]
@@ -15,6 +17,14 @@ MEASURES: dict[str, tuple[str, str, int | None]] = {
 MAIN_METRIC = "ndcg_at_10"
 
 
+@dataclass
+class Evaluation:
+    """Mean scores over the judged queries and each query's own scores (``per_query[metric][qid]``)."""
+
+    scores: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+
+
 def top_k(run: Run, k: int) -> Run:
     """Keep the ``k`` best-scored documents of each query."""
     return {qid: dict(sorted(docs.items(), key=lambda kv: kv[1], reverse=True)[:k]) for qid, docs in run.items()}
@@ -25,11 +35,16 @@ def drop_identical_ids(run: Run) -> Run:
     return {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}
 
 
-def evaluate(qrels: dict[str, dict[str, int]], run: Run) -> dict[str, float]:
-    """Mean of each measure over the judged queries, as BEIR's EvaluateRetrieval.evaluate does."""
+def evaluate(qrels: dict[str, dict[str, int]], run: Run) -> Evaluation:
+    """Scores of every judged query, and their means, as BEIR's EvaluateRetrieval.evaluate computes them.
+
+    A judged query the run does not answer scores 0 (pytrec_eval would leave it out of the mean)."""
     scores: dict[str, float] = {}
+    per_query: dict[str, dict[str, float]] = {}
+    answered = {qid: docs for qid, docs in run.items() if qid in qrels}
     for name, (measure, key, cut) in MEASURES.items():
         evaluator = pytrec_eval.RelevanceEvaluator(qrels, {measure})
-        per_query = evaluator.evaluate(top_k(run, cut) if cut else run)
-        scores[name] = sum(q[key] for q in per_query.values()) / len(per_query) if per_query else 0.0
-    return scores
+        found = evaluator.evaluate(top_k(answered, cut) if cut else answered)
+        per_query[name] = {qid: found[qid][key] if qid in found else 0.0 for qid in qrels}
+        scores[name] = sum(per_query[name].values()) / len(qrels) if qrels else 0.0
+    return Evaluation(scores, per_query)

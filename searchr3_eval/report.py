@@ -1,74 +1,199 @@
-"""Leaderboard tables (Markdown, CSV) and plots (PNG) from the result JSON files."""
+"""Leaderboard tables (Markdown, CSV) and plots (PNG) from the stored results.
+
+Each model identity (spec, revision, settings, top_k) gets its own row, labelled by its display name plus the
+settings that tell it apart from rows of the same name; each (task, split, task files) gets its own column, with a
+non-default split marked. A paired t-test over per-query scores marks significant differences from a baseline.
+"""
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from searchr3_eval.atomic import atomic_write, atomic_write_text
+from searchr3_eval.data import AGGREGATES
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import MAIN_METRIC, MEASURES
+from searchr3_eval.results import TaskResult, load_results
 
 METRIC_TITLES = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "map_at_100": "MAP@100", "mrr_at_10": "MRR@10"}
+SIGNIFICANCE_LEVEL = 0.05
+MARK = "†"
 
 
-def load_results(output_dir: Path) -> list[dict]:
-    results = []
-    for path in sorted((output_dir / "runs").glob("*/*.json")):
-        try:
-            results.append(json.loads(path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"unreadable result file {path}: {exc.msg}") from exc
-    return results
+@dataclass(frozen=True)
+class Column:
+    task: str
+    split: str
+    fingerprint: str
+    label: str
 
 
-def table(results: list[dict], metric: str) -> tuple[list[str], list[list]]:
-    """Rows ``[model, score per task..., average]``, best average first; missing pairs are None."""
-    tasks = sorted({r["task"] for r in results})
-    models = list(dict.fromkeys(r["model"] for r in results))
-    cell = {(r["model"], r["task"]): r["scores"][metric] for r in results}
-    rows = []
-    for model in models:
-        scores = [cell.get((model, t)) for t in tasks]
-        known = [s for s in scores if s is not None]
-        average = sum(known) / len(known) if len(known) == len(tasks) else None
-        rows.append([model, *scores, average])
-    rows.sort(key=lambda row: (row[-1] is None, -(row[-1] or 0.0)))
-    return ["Model", *tasks, "Average"], rows
+@dataclass
+class Row:
+    label: str
+    spec: str
+    cells: dict[str, float | None] = field(default_factory=dict)  # column label -> score
+    significant: dict[str, bool] = field(default_factory=dict)
+    average: float | None = None
 
 
-def _fmt(value) -> str:
-    return "" if value is None else f"{100 * value:.2f}" if isinstance(value, float) else str(value)
+@dataclass
+class Table:
+    metric: str
+    columns: list[str]
+    rows: list[Row]
+    baseline: str | None  # label of the baseline row
 
 
-def markdown(results: list[dict]) -> str:
-    parts = ["# Leaderboard", "", "Scores x100 on each task's evaluation split; Average only over models with every task.", ""]
-    for metric in MEASURES:
-        header, rows = table(results, metric)
-        parts += [f"## {METRIC_TITLES[metric]}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        parts += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-        parts.append("")
-    parts += ["## Runs", "", "| Model | Task | Documents | Queries | Docs/s | Wall s | Revision |", "|---|---|---|---|---|---|---|"]
+def _key(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def _short(value: Any, width: int = 32) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    text = text.replace("\n", "\\n").replace("|", "/")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def row_labels(results: list[TaskResult]) -> dict[str, str]:
+    """Model identity -> a unique label: the display name, plus the fields that differ among rows sharing it."""
+    identities = {_key(r.model_identity): r for r in results}
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for key, r in identities.items():
+        by_name[r.model].append(key)
+    labels = {}
+    for name, keys in by_name.items():
+        if len(keys) == 1:
+            labels[keys[0]] = name
+            continue
+        flat = {k: _flatten({"spec": identities[k].model_spec, **{
+            f: v for f, v in identities[k].model_identity.items() if f != "model_spec"}}) for k in keys}
+        fields_ = sorted({f for d in flat.values() for f in d})
+        differing = [f for f in fields_ if len({_key({"v": d.get(f)}) for d in flat.values()}) > 1]
+        for k in keys:
+            labels[k] = f"{name} [" + ", ".join(f"{f.removeprefix('settings.')}={_short(flat[k].get(f))}" for f in differing) + "]"
+    return labels
+
+
+def columns(results: list[TaskResult]) -> dict[tuple[str, str, str], Column]:
+    """(task, split, fingerprint) -> column; a non-default split and differing task files show in the label."""
+    keys = sorted({(r.task, r.split, r.task_fingerprint, r.non_default_split) for r in results})
+    base = {(t, s, f): f"{t} ({s})" if marked else t for t, s, f, marked in keys}
+    counts = defaultdict(int)
+    for label in base.values():
+        counts[label] += 1
+    return {k: Column(*k, label if counts[label] == 1 else f"{label} [data {k[2][:8]}]") for k, label in base.items()}
+
+
+def paired_significant(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Two-sided paired t-test over the queries both score; True when p < SIGNIFICANCE_LEVEL."""
+    from scipy.stats import ttest_rel
+
+    common = sorted(set(a) & set(b))
+    if len(common) < 2 or all(a[q] == b[q] for q in common):
+        return False
+    pvalue = ttest_rel([a[q] for q in common], [b[q] for q in common]).pvalue
+    return bool(pvalue < SIGNIFICANCE_LEVEL)
+
+
+def _pick_baseline(rows: dict[str, Row], baseline: str | None) -> str | None:
+    if baseline is None:
+        return next((key for key, row in rows.items() if row.spec == "bm25"), None)
+    found = [key for key, row in rows.items() if baseline in (row.label, row.spec)]
+    if not found:
+        raise UserError(f"--baseline {baseline!r} matches no model in the results; use a model spec or a row label")
+    return found[0]
+
+
+def table(results: list[TaskResult], metric: str = MAIN_METRIC, baseline: str | None = None) -> Table:
+    """Rows by model identity and columns by task, best average first; aggregates (CQADupStack) as MTEB reports them."""
+    labels, cols = row_labels(results), columns(results)
+    rows: dict[str, Row] = {}
+    per_query: dict[tuple[str, str], dict[str, float]] = {}
     for r in results:
-        dps = r.get("docs_per_second")
+        key, column = _key(r.model_identity), cols[(r.task, r.split, r.task_fingerprint)]
+        row = rows.setdefault(key, Row(labels[key], r.model_spec))
+        row.cells[column.label] = r.scores[metric]
+        per_query[(key, column.label)] = r.per_query.get(metric, {})
+    order = sorted({c.label for c in cols.values()})
+    for aggregate, members in AGGREGATES.items():
+        member_labels = [c.label for c in cols.values() if c.task in members and c.label == c.task]
+        if not any(all(m in row.cells for m in members) for row in rows.values()):
+            continue
+        for row in rows.values():
+            values = [row.cells.pop(m) for m in member_labels if m in row.cells]
+            row.cells[aggregate] = sum(values) / len(values) if len(values) == len(members) else None
+        order = sorted([c for c in order if c not in member_labels] + [aggregate])
+    base_key = _pick_baseline(rows, baseline)
+    for key, row in rows.items():
+        known = [row.cells.get(c) for c in order]
+        row.average = sum(known) / len(known) if known and all(v is not None for v in known) else None
+        if base_key is not None and key != base_key:
+            row.significant = {c: paired_significant(per_query[(key, c)], per_query[(base_key, c)])
+                               for c in order if (key, c) in per_query and (base_key, c) in per_query}
+    ranked = sorted(rows.values(), key=lambda row: (row.average is None, -(row.average or 0.0), row.label))
+    return Table(metric, order, ranked, rows[base_key].label if base_key else None)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def markdown(results: list[TaskResult], baseline: str | None = None) -> str:
+    parts = ["# Leaderboard", "", "Scores x100 on each task's evaluation split (another split is named in the column); "
+             "Average only over models with every task."]
+    first = table(results, MAIN_METRIC, baseline)
+    if first.baseline:
+        parts.append(f"{MARK} marks a significant difference from **{first.baseline}** on that task (two-sided paired "
+                     f"t-test over per-query scores, p < {SIGNIFICANCE_LEVEL}).")
+    parts.append("")
+    for metric in MEASURES:
+        t = table(results, metric, baseline)
+        parts += [f"## {METRIC_TITLES[metric]}", "", "| " + " | ".join(["Model", *t.columns, "Average"]) + " |",
+                  "|" + "---|" * (len(t.columns) + 2)]
+        for row in t.rows:
+            cells = [_fmt(row.cells.get(c)) + (MARK if row.significant.get(c) else "") for c in t.columns]
+            parts.append("| " + " | ".join([row.label, *cells, _fmt(row.average)]) + " |")
+        parts.append("")
+    labels = row_labels(results)
+    parts += ["## Runs", "", "| Model | Task | Split | Documents | Queries | Docs/s | Wall s | Revision |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (labels[_key(r.model_identity)], r.task, r.split)):
+        dps = r.timing.get("docs_per_second")
         parts.append(
-            f"| {r['model']} | {r['task']} | {r['num_documents']} | {r['num_queries']} | "
-            f"{'' if dps is None else f'{dps:.1f}'} | {r['wall_seconds']:.1f} | {r['revision']} |"
+            f"| {labels[_key(r.model_identity)]} | {r.task} | {r.split} | {r.num_documents} | {r.num_queries} | "
+            f"{'' if dps is None else f'{dps:.1f}'} | {r.timing.get('wall_seconds', 0.0):.1f} | {r.revision} |"
         )
     return "\n".join(parts) + "\n"
 
 
-def csv_text(results: list[dict], metric: str = MAIN_METRIC) -> str:
-    header, rows = table(results, metric)
+def csv_text(results: list[TaskResult], metric: str = MAIN_METRIC, baseline: str | None = None) -> str:
+    t = table(results, metric, baseline)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows([row[0], *("" if v is None else f"{v:.4f}" for v in row[1:])] for row in rows)
+    writer.writerow(["Model", *t.columns, "Average"])
+    for row in t.rows:
+        values = [*(row.cells.get(c) for c in t.columns), row.average]
+        writer.writerow([row.label, *("" if v is None else f"{v:.4f}" for v in values)])
     return buffer.getvalue()
 
 
-def plot_scores(results: list[dict], path: Path, metric: str = MAIN_METRIC) -> Path:
+def plot_scores(results: list[TaskResult], path: Path, metric: str = MAIN_METRIC) -> Path:
     """Grouped bar chart: one group per task, one bar per model."""
     import matplotlib
 
@@ -76,32 +201,31 @@ def plot_scores(results: list[dict], path: Path, metric: str = MAIN_METRIC) -> P
     import matplotlib.pyplot as plt
     import numpy as np
 
-    header, rows = table(results, metric)
-    tasks = header[1:-1]
-    width = 0.8 / max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks) + 3), 4.5 + 0.25 * len(rows)))
-    for i, row in enumerate(rows):
-        values = [np.nan if v is None else v for v in row[1:-1]]
-        bars = ax.bar(np.arange(len(tasks)) + i * width, values, width, label=row[0])
+    t = table(results, metric)
+    width = 0.8 / max(len(t.rows), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(t.columns) + 3), 4.5 + 0.25 * len(t.rows)))
+    for i, row in enumerate(t.rows):
+        values = [np.nan if row.cells.get(c) is None else row.cells[c] for c in t.columns]
+        bars = ax.bar(np.arange(len(t.columns)) + i * width, values, width, label=row.label)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks(np.arange(len(tasks)) + width * (len(rows) - 1) / 2, tasks)
+    ax.set_xticks(np.arange(len(t.columns)) + width * (len(t.rows) - 1) / 2, t.columns)
     ax.set_ylabel(METRIC_TITLES[metric])
     ax.set_ylim(0, 1)
     ax.set_title(f"{METRIC_TITLES[metric]} by task")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path
 
 
-def write_report(output_dir: Path) -> list[Path]:
+def write_report(output_dir: Path, baseline: str | None = None) -> list[Path]:
     """Write leaderboard.md, leaderboard.csv and plots/ndcg_at_10.png under ``output_dir``."""
+    output_dir = Path(output_dir)
     results = load_results(output_dir)
     if not results:
         raise UserError(f"no results under {output_dir / 'runs'}; run 'searchr3-eval run' first")
     return [
-        atomic_write_text(output_dir / "leaderboard.md", markdown(results)),
-        atomic_write_text(output_dir / "leaderboard.csv", csv_text(results)),
+        atomic_write_text(output_dir / "leaderboard.md", markdown(results, baseline)),
+        atomic_write_text(output_dir / "leaderboard.csv", csv_text(results, baseline=baseline)),
         plot_scores(results, output_dir / "plots" / f"{MAIN_METRIC}.png"),
     ]

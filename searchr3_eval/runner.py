@@ -1,76 +1,171 @@
-"""Score (model, task) pairs and write one result JSON per pair; finished pairs are skipped."""
+"""The evaluation loop as a library function: resolve tasks and models, skip finished results, score the rest.
+
+``evaluate(models, tasks, output_dir)`` is what ``searchr3-eval run`` calls; the CLI only parses and prints.
+"""
 from __future__ import annotations
 
-import re
+import logging
+import shutil
+import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from searchr3_eval import __version__
-from searchr3_eval.atomic import atomic_write_json
-from searchr3_eval.data import RetrievalTask, document_text
-from searchr3_eval.metrics import Run, drop_identical_ids, evaluate
-from searchr3_eval.models import BM25Retriever, DenseEncoder
-from searchr3_eval.retrieval import dense_search
+from searchr3_eval.cache import EmbeddingCache
+from searchr3_eval.data import MissingTaskData, RetrievalTask, TaskSource, load_task_source, locate_task, resolve_task_names
+from searchr3_eval.errors import UserError
+from searchr3_eval.metrics import drop_identical_ids, evaluate as score_run
+from searchr3_eval.models import ModelOptions, ModelSpec, Retriever, describe, load_model, parse_model_specs
+from searchr3_eval.results import ModelIdentity, TaskResult, read_result, result_identity, result_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT = Path("results")
+DEFAULT_TOP_K = 100
+MIN_FREE_BYTES = 50 * 1024 * 1024
+KEEP_LOADED_BYTES = 256 * 1024 * 1024  # tasks smaller than this are parsed once
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("SEARCHR3_CACHE", Path.home() / ".cache" / "searchr3-eval"))
 
 
-def result_path(output_dir: Path, model_spec: str, task_name: str) -> Path:
-    return output_dir / "runs" / slug(model_spec) / f"{slug(task_name)}.json"
+@dataclass
+class RunSummary:
+    """What ``evaluate`` did: new results, results kept from earlier runs, tasks without data, report files."""
+
+    computed: list[TaskResult] = field(default_factory=list)
+    reused: list[TaskResult] = field(default_factory=list)
+    missing_tasks: list[str] = field(default_factory=list)
+    report_files: list[Path] = field(default_factory=list)
 
 
-def retrieve(model: BM25Retriever | DenseEncoder, task: RetrievalTask, top_k: int) -> tuple[Run, dict]:
-    """Run retrieval; returns the run and timing/throughput facts for the result file."""
-    if isinstance(model, BM25Retriever):
-        start = time.perf_counter()
-        run = model.search(task, top_k)
-        return run, {"retrieval_seconds": time.perf_counter() - start}
-    doc_ids, query_ids = list(task.corpus), list(task.queries)
-    doc_emb = model.encode([document_text(task.corpus[d]) for d in doc_ids], "document")
-    docs = model.last_stats
-    query_emb = model.encode([task.queries[q] for q in query_ids], "query")
-    queries = model.last_stats
+def check_writable(folder: Path, what: str, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+    """Fail before the long work when ``folder`` cannot be created, written or is (nearly) full."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what} {folder} is not writable ({exc.strerror or exc})") from exc
+    free = shutil.disk_usage(folder).free
+    if free < min_free_bytes:
+        raise UserError(f"{what} {folder} has only {free / 2**20:.1f} MiB free (need {min_free_bytes / 2**20:.0f} MiB)")
+
+
+def evaluate_pair(retriever: Retriever, identity: ModelIdentity, task: RetrievalTask, top_k: int = DEFAULT_TOP_K) -> TaskResult:
+    """Score one retriever on one task; the result carries per-query scores and the run's facts."""
+    if retriever.settings != identity.settings:
+        raise RuntimeError(f"{identity.spec}: loaded settings {retriever.settings} differ from {identity.settings}")
     start = time.perf_counter()
-    run = dense_search(query_ids, query_emb, doc_ids, doc_emb, top_k=top_k, show_progress=model.show_progress)
-    return run, {
-        "encode_seconds_corpus": docs.seconds,
-        "encode_seconds_queries": queries.seconds,
-        "docs_encoded": docs.encoded,
-        "docs_from_cache": docs.cached,
-        "queries_encoded": queries.encoded,
-        "queries_from_cache": queries.cached,
-        "docs_per_second": docs.encoded / docs.seconds if docs.encoded else None,
-        "queries_per_second": queries.encoded / queries.seconds if queries.encoded else None,
-        "search_seconds": time.perf_counter() - start,
-        "embedding_dim": int(doc_emb.shape[1]),
-    }
+    run = retriever.search(task, top_k)
+    scored = score_run(task.qrels, drop_identical_ids(run))
+    return TaskResult(
+        model=retriever.name, model_spec=identity.spec, revision=identity.revision, settings=identity.settings,
+        task=task.name, split=task.split, default_split=task.default_split, task_fingerprint=task.fingerprint,
+        top_k=top_k, scores=scored.scores, per_query=scored.per_query, num_documents=len(task.corpus),
+        num_queries=len(task.queries), source=task.source,
+        timing={"wall_seconds": time.perf_counter() - start, **retriever.search_stats},
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), searchr3_eval_version=__version__,
+    )
 
 
-def evaluate_pair(model: BM25Retriever | DenseEncoder, model_spec: str, task: RetrievalTask, top_k: int = 100) -> dict:
-    start = time.perf_counter()
-    run, timing = retrieve(model, task, top_k)
-    scores = evaluate(task.qrels, drop_identical_ids(run))
-    return {
-        "model": model.name,
-        "model_spec": model_spec,
-        "revision": model.revision,
-        "settings": getattr(model, "settings", {}),
-        "task": task.name,
-        "split": task.split,
-        "source": task.source,
-        "num_documents": len(task.corpus),
-        "num_queries": len(task.queries),
-        "top_k": top_k,
-        "scores": scores,
-        "wall_seconds": time.perf_counter() - start,
-        **timing,
-        "searchr3_eval_version": __version__,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+def _finished(path: Path, identity: dict) -> TaskResult | None:
+    """The stored result at ``path`` if it is readable and has exactly this identity, else None."""
+    if not path.exists():
+        return None
+    try:
+        result = read_result(path)
+    except UserError as exc:
+        log.warning("%s; redoing it", exc)
+        return None
+    return result if result.identity == identity else None
 
 
-def write_result(output_dir: Path, result: dict) -> Path:
-    return atomic_write_json(result_path(output_dir, result["model_spec"], result["task"]), result)
+def evaluate(
+    models: str | Sequence[str],
+    tasks: str | Sequence[str],
+    output_dir: Path = DEFAULT_OUTPUT,
+    *,
+    options: ModelOptions | None = None,
+    data_dir: Path | None = None,
+    split: str | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    overwrite: bool = False,
+    cache_dir: Path | None = None,
+    download: bool = True,
+    skip_missing: bool = False,
+    report: bool = True,
+    baseline: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> RunSummary:
+    """Score every model on every task and write one result file per (model identity, task) under ``output_dir``.
+
+    Tasks are resolved and checked before any model loads; a result with the same identity that is readable is
+    kept (``overwrite`` redoes it). BEIR sets whose data is missing offline are listed; the others still run, and a
+    ``UserError`` names the missing ones at the end unless ``skip_missing``. ``cache_dir=None`` disables the
+    embedding cache. ``baseline`` (a model spec or row label; default bm25) is what the report tests against.
+    """
+    options = options or ModelOptions()
+    options.validate()
+    if top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir} is not a folder")
+    output_dir = Path(output_dir)
+    names = resolve_task_names(tasks if isinstance(tasks, str) else ",".join(tasks), data_dir)
+    specs = parse_model_specs(models if isinstance(models, str) else ",".join(models))
+
+    summary = RunSummary()
+    sources: list[TaskSource] = []
+    for name in names:
+        try:
+            sources.append(locate_task(name, data_dir, split, download))
+        except MissingTaskData as exc:
+            summary.missing_tasks.append(name)
+            echo(f"missing {name}: {exc}")
+    identities = {spec: describe(spec, options) for spec in specs}
+    check_writable(output_dir, "output folder")
+    if cache_dir is not None and any(spec.uses_cache for spec in specs):
+        check_writable(Path(cache_dir), "cache folder")
+
+    todo: dict[TaskSource, list[tuple[ModelSpec, dict]]] = {}
+    for source in sources:
+        for spec in specs:
+            identity = result_identity(identities[spec], source.name, source.split, source.fingerprint, top_k)
+            previous = None if overwrite else _finished(result_path(output_dir, identity), identity)
+            if previous is None:
+                todo.setdefault(source, []).append((spec, identity))
+            else:
+                echo(f"skip {spec.text} on {source.name}: result exists ({result_path(output_dir, identity)}; "
+                     "use --overwrite to redo)")
+                summary.reused.append(previous)
+    # parse every task that has work before any model runs; small ones stay loaded
+    kept = {source: task for source, task in ((s, load_task_source(s)) for s in todo) if source.size < KEEP_LOADED_BYTES}
+
+    cache: EmbeddingCache | None = None
+    loaded: dict[ModelSpec, Retriever] = {}
+    for source, pairs in todo.items():
+        task = kept.pop(source, None) or load_task_source(source)
+        for spec, identity in pairs:
+            if spec not in loaded:
+                if spec.uses_cache and cache_dir is not None and cache is None:
+                    cache = EmbeddingCache(Path(cache_dir) / "embeddings.sqlite")
+                loaded[spec] = load_model(spec, options, cache if spec.uses_cache else None)
+            result = evaluate_pair(loaded[spec], identities[spec], task, top_k)
+            path = result.save(output_dir)
+            summary.computed.append(result)
+            echo(f"{result.model} on {source.name}: nDCG@10 {result.scores['ndcg_at_10']:.4f} -> {path}")
+    if report and (summary.computed or summary.reused):
+        from searchr3_eval.report import write_report
+
+        summary.report_files = write_report(output_dir, baseline)
+    if summary.missing_tasks and not skip_missing:
+        raise UserError(f"no data for {len(summary.missing_tasks)} task(s): {', '.join(summary.missing_tasks)}; "
+                        "the others were scored (put the BEIR folders under --data-dir, or pass --skip-missing)")
+    return summary

@@ -70,3 +70,18 @@ def data_dir(tmp_path) -> Path:
     """A --data-dir holding one small real task, ``MiniGSM`` (40 queries, 40 documents)."""
     write_beir_folder(tmp_path / "data" / "MiniGSM", 40)
     return tmp_path / "data"
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_beir() -> Path:
+    """``../shared/data/beir`` (real BEIR SciFact and the Glasgow collections); skipped in a user's clone without it,
+    but a failure under CI, which always has it."""
+    folder = SHARED_DATA / "beir"
+    if not (folder / "scifact" / "corpus.jsonl").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide the shared data at {folder}")
+        pytest.skip(f"needs the project's shared data at {folder}")
+    return folder

@@ -41,35 +41,17 @@ def test_sentence_transformer_that_cannot_load_is_a_user_error(data_dir, tmp_pat
     assert "Traceback" not in proc.stderr
 
 
-def test_run_resumes_and_overwrite_redoes(data_dir, tmp_path, capsys):
-    out = tmp_path / "results"
-    args = ["run", "--tasks", "MiniGSM", "--data-dir", str(data_dir), "--models", "bm25", "--output-dir", str(out), "--quiet"]
-    assert main(args) == 0
-    result_file = out / "runs" / "bm25" / "MiniGSM.json"
-    first = json.loads(result_file.read_text())
-    assert first["num_documents"] == 40 and first["num_queries"] == 40 and 0 < first["scores"]["ndcg_at_10"] <= 1
-    assert (out / "leaderboard.md").exists() and (out / "plots" / "ndcg_at_10.png").stat().st_size > 1000
-    capsys.readouterr()
-
-    assert main(args) == 0
-    assert "skip bm25 on MiniGSM: result exists" in capsys.readouterr().out
-    assert json.loads(result_file.read_text())["finished_at"] == first["finished_at"]
-
-    assert main([*args, "--overwrite"]) == 0
-    assert "skip" not in capsys.readouterr().out
-    assert json.loads(result_file.read_text())["scores"] == first["scores"]
-    assert not list(out.rglob("*.tmp"))
-
-
 def test_dense_run_uses_embedding_cache_on_second_run(data_dir, tmp_path):
     common = ["run", "--tasks", "MiniGSM", "--data-dir", str(data_dir), "--models", "minilm",
               "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     assert main([*common, "--output-dir", str(tmp_path / "a")]) == 0
     assert main([*common, "--output-dir", str(tmp_path / "b")]) == 0
-    first = json.loads((tmp_path / "a" / "runs" / "minilm" / "MiniGSM.json").read_text())
-    second = json.loads((tmp_path / "b" / "runs" / "minilm" / "MiniGSM.json").read_text())
-    assert first["docs_encoded"] == 40 and first["docs_from_cache"] == 0
-    assert second["docs_encoded"] == 0 and second["docs_from_cache"] == 40 and second["queries_from_cache"] == 40
+    (first_file,) = (tmp_path / "a" / "runs" / "minilm").glob("MiniGSM-*.json")
+    first = json.loads(first_file.read_text())
+    second = json.loads((tmp_path / "b" / "runs" / "minilm" / first_file.name).read_text())
+    assert first["timing"]["docs_encoded"] == 40 and first["timing"]["docs_from_cache"] == 0
+    assert second["timing"]["docs_encoded"] == 0 and second["timing"]["docs_from_cache"] == 40
+    assert second["timing"]["queries_from_cache"] == 40
     assert second["scores"] == pytest.approx(first["scores"])
 
 
@@ -79,6 +61,26 @@ def test_searchr3_model_without_embed_token(tiny_model_dir, data_dir, tmp_path, 
     assert main(args) == 2
     assert "has no <|embed_token|> token" in capsys.readouterr().err
     assert main([*args, "--add-embed-token"]) == 0
-    (result,) = (tmp_path / "r" / "runs").glob("*/MiniGSM.json")
+    (result,) = (tmp_path / "r" / "runs").glob("*/MiniGSM-*.json")
     data = json.loads(result.read_text())
-    assert data["embedding_dim"] == 32 and data["settings"]["max_length"] == 256
+    assert data["timing"]["embedding_dim"] == 32 and data["settings"]["max_length"] == 256
+    assert data["settings"]["prompts"]["system"] == "Please represent user queries." and data["settings"]["add_embed_token"]
+
+
+def test_quiet_silences_library_progress_bars(tiny_model_dir, data_dir, tmp_path):
+    args = ["run", "--tasks", "MiniGSM", "--data-dir", str(data_dir), "--models", f"searchr3:{tiny_model_dir}",
+            "--add-embed-token", "--output-dir", str(tmp_path / "r"), "--no-cache", "--max-length", "256"]
+    loud = run_cli(*args)
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr  # transformers' own bar
+    quiet = run_cli(*args, "--quiet", "--overwrite")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_bad_trainer_config_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"model: smollm2\noutput_dir: {out}\ntrain_file: t.jsonl\nlearning_rate: 1e-4\nbatch_size: eight\n")
+    proc = run_cli("train", "sft", "--config", str(config))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"searchr3-eval: error: {config}: batch_size must be int, not 'eight'"
+    assert not out.exists()

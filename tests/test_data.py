@@ -15,7 +15,8 @@ def test_embedded_task_loads_with_one_judged_solution_per_query():
 
 
 def test_beir_group_and_local_folders_resolve(data_dir):
-    assert "SciFact" in resolve_task_names("BEIR") and len(resolve_task_names("BEIR")) == 14
+    beir = resolve_task_names("BEIR")
+    assert "SciFact" in beir and "CQADupstackUnixRetrieval" in beir and len(beir) == 14 + 12
     assert resolve_task_names("MiniGSM,SciFact,MiniGSM", data_dir) == ["MiniGSM", "SciFact"]
     (data_dir / "scifact").symlink_to(data_dir / "MiniGSM")
     assert load_task("SciFact", data_dir).source.endswith("scifact")
@@ -63,3 +64,45 @@ def test_trec_style_qrels_and_unjudged_queries_are_dropped(data_dir):
     task = load_beir_folder(data_dir / "MiniGSM")
     assert task.qrels == {"q0": {"d0": 2}, "q5": {"d5": 1}}
     assert set(task.queries) == {"q0", "q5"} and len(task.corpus) == 40
+
+
+@pytest.mark.parametrize("name", ["corpus.jsonl", "queries.jsonl", "qrels/test.tsv"])
+def test_non_utf8_bytes_name_file_and_line(data_dir, name):
+    path = data_dir / "MiniGSM" / name
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[3] = lines[3].replace(b"d", b"\xe9d", 1).replace(b"q", b"\xe9q", 1)
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(UserError, match=rf"{path} line 4: not valid UTF-8 \(byte 0xe9 at column"):
+        load_beir_folder(data_dir / "MiniGSM")
+
+
+@pytest.mark.parametrize("name, kind", [("corpus.jsonl", "document"), ("queries.jsonl", "query")])
+def test_duplicate_ids_are_named(data_dir, name, kind):
+    path = data_dir / "MiniGSM" / name
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, lines[7]]) + "\n")
+    ident = json.loads(lines[7])["_id"]
+    with pytest.raises(UserError, match=rf"line 41: duplicate {kind} id '{ident}'"):
+        load_beir_folder(data_dir / "MiniGSM")
+
+
+def test_task_folder_without_corpus_says_so(data_dir):
+    (data_dir / "MiniGSM" / "corpus.jsonl").unlink()
+    assert resolve_task_names("MiniGSM", data_dir) == ["MiniGSM"]
+    with pytest.raises(UserError, match=r"task MiniGSM: missing corpus.jsonl in .*MiniGSM"):
+        load_task("MiniGSM", data_dir)
+
+
+def test_qrels_naming_unknown_documents_warn_with_the_count(data_dir, caplog):
+    qrels = data_dir / "MiniGSM" / "qrels" / "test.tsv"
+    qrels.write_text(qrels.read_text() + "q1\tnope1\t1\nq2\tnope2\t1\n")
+    task = load_beir_folder(data_dir / "MiniGSM")
+    assert task.qrels["q1"]["nope1"] == 1
+    assert "qrels name 2 documents not in corpus.jsonl (e.g. 'nope1')" in caplog.text
+
+
+def test_missing_title_and_null_title_are_empty(data_dir):
+    corpus = data_dir / "MiniGSM" / "corpus.jsonl"
+    corpus.write_text(json.dumps({"_id": "x1", "title": None, "text": "t"}) + "\n" + json.dumps({"_id": "x2", "text": "u"}) + "\n")
+    task = load_beir_folder(data_dir / "MiniGSM")
+    assert task.corpus == {"x1": {"title": "", "text": "t"}, "x2": {"title": "", "text": "u"}}

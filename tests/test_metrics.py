@@ -11,7 +11,7 @@ from searchr3_eval.models.bm25 import BM25Retriever, tokenize
 def test_metrics_match_hand_computation():
     qrels = {"q1": {"a": 2, "b": 1}, "q2": {"c": 1}}
     run = {"q1": {"x": 0.9, "a": 0.8, "b": 0.1}, "q2": {"y": 0.5, "z": 0.4}}
-    scores = evaluate(qrels, run)
+    scores = evaluate(qrels, run).scores
     # trec_eval (so BEIR and pytrec_eval) uses the relevance grade itself as the gain
     dcg = 2 / math.log2(3) + 1 / math.log2(4)
     idcg = 2 / math.log2(2) + 1 / math.log2(3)
@@ -23,8 +23,8 @@ def test_metrics_match_hand_computation():
 
 def test_mrr_at_10_ignores_hits_below_rank_10():
     run = {"q": {f"d{i}": 100.0 - i for i in range(12)}}
-    assert evaluate({"q": {"d11": 1}}, run)["mrr_at_10"] == 0.0
-    assert evaluate({"q": {"d9": 1}}, run)["mrr_at_10"] == pytest.approx(0.1)
+    assert evaluate({"q": {"d11": 1}}, run).scores["mrr_at_10"] == 0.0
+    assert evaluate({"q": {"d9": 1}}, run).scores["mrr_at_10"] == pytest.approx(0.1)
 
 
 def test_identical_ids_are_dropped_like_beir():
@@ -59,6 +59,6 @@ def independent_bm25_ndcg10(task, k1=1.5, b=0.75) -> float:
 
 def test_bm25_ndcg_agrees_with_independent_computation():
     task = load_task(DEFAULT_TASK)
-    ours = evaluate(task.qrels, BM25Retriever(show_progress=False).search(task, top_k=100))["ndcg_at_10"]
+    ours = evaluate(task.qrels, BM25Retriever(show_progress=False).search(task, top_k=100)).scores["ndcg_at_10"]
     assert 0.5 < ours < 1.0
     assert ours == pytest.approx(independent_bm25_ndcg10(task), abs=2e-3)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ from searchr3_eval.cache import EmbeddingCache
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base_llm import LastTokenEncoder
 from searchr3_eval.models.mteb_wrapper import MTEBEncoder
-from searchr3_eval.models.searchr3 import EMBED_TOKEN, SearchR3Encoder
+from searchr3_eval.models.searchr3 import EMBED_TOKEN, PROMPT_PRESETS, SearchR3Encoder, resolve_prompts
 
 TEXTS = [
     "How many bolts in total does it take?",
@@ -52,10 +54,11 @@ def test_batch_size_does_not_change_embeddings(encoder):
     np.testing.assert_allclose(one, together, atol=1e-5)
 
 
-def test_queries_and_documents_use_different_prompts(encoder):
-    query, _ = encoder.embed([TEXTS[0]], "query")
-    document, _ = encoder.embed([TEXTS[0]], "document")
-    assert not np.allclose(query, document)
+def test_paper_prompt_is_shared_and_instruct_prompts_differ_by_kind(encoder, tiny_model_dir):
+    np.testing.assert_array_equal(encoder.embed([TEXTS[0]], "query")[0], encoder.embed([TEXTS[0]], "document")[0])
+    instruct = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False,
+                                               prompts=PROMPT_PRESETS["instruct"])
+    assert not np.allclose(instruct.embed([TEXTS[0]], "query")[0], instruct.embed([TEXTS[0]], "document")[0])
 
 
 def test_left_truncation_keeps_the_embed_token(tiny_model_dir):
@@ -102,8 +105,9 @@ def test_vllm_backend_without_vllm_is_a_user_error(tiny_model_dir):
         SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, backend="vllm")
 
 
-def test_mteb_protocol_accepts_lists_and_batches(encoder):
-    wrapper = MTEBEncoder(encoder)
+def test_mteb_protocol_accepts_lists_and_batches(tiny_model_dir):
+    wrapper = MTEBEncoder(SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False,
+                                                          prompts=PROMPT_PRESETS["instruct"]))
     as_list = wrapper.encode(TEXTS[:2], task_metadata=None, hf_split="test", hf_subset="default", prompt_type="query")
     batches = [{"text": TEXTS[:1]}, {"text": TEXTS[1:2]}]
     as_batches = wrapper.encode(batches, task_metadata=None, hf_split="test", hf_subset="default", prompt_type="query")
@@ -125,3 +129,58 @@ def test_direct_answer_length_matches_each_rendered_sequence(encoder):
     for text in TEXTS:
         prompt = encoder._render(encoder._messages(text, "document", False), None)
         assert len(encoder.sequences([text], "document")[0]) - len(prompt) == encoder.direct_answer_length("document")
+
+
+QWEN25_TEMPLATE = (Path(__file__).parent / "fixtures" / "qwen2.5-instruct-chat-template.jinja").read_text()
+
+
+def test_default_prompt_is_the_papers_format_under_the_qwen25_template(tiny_model_dir):
+    enc = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False)
+    enc.tokenizer.chat_template = QWEN25_TEMPLATE
+    assert enc.prompts == PROMPT_PRESETS["paper"]
+    text = "How many bolts in total does it take?"
+    expected = (f"<|im_start|>system\nPlease represent user queries.<|im_end|>\n<|im_start|>user\n{text}<|im_end|>\n"
+                f"<|im_start|>assistant\nThe embedding is {EMBED_TOKEN}")
+    expected_ids = enc.tokenizer(expected, add_special_tokens=False)["input_ids"]
+    for kind in ("query", "document"):
+        (ids,) = enc.sequences([text], kind)
+        assert ids == expected_ids
+        assert enc.tokenizer.decode(ids) == expected
+
+
+def test_instruct_preset_and_overrides(tiny_model_dir):
+    prompts = resolve_prompts("instruct", system="Be brief.", query="Q: ")
+    enc = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False, prompts=prompts)
+    rendered = enc.tokenizer.decode(enc.sequences(["abc"], "query")[0])
+    assert rendered.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ: abc<|im_end|>")
+    assert rendered.endswith("The embedding of this text is " + EMBED_TOKEN)
+    assert "Represent this document for retrieval:\nabc" in enc.tokenizer.decode(enc.sequences(["abc"], "document")[0])
+    with pytest.raises(UserError, match="unknown prompt preset 'nope'"):
+        resolve_prompts("nope")
+
+
+def test_cli_prompt_options_reach_the_encoder_and_the_result(tiny_model_dir, data_dir, tmp_path):
+    from searchr3_eval.cli import main
+    from searchr3_eval.results import load_results
+
+    args = ["run", "--tasks", "MiniGSM", "--data-dir", str(data_dir), "--models", f"searchr3:{tiny_model_dir}",
+            "--add-embed-token", "--output-dir", str(tmp_path / "r"), "--no-cache", "--quiet", "--max-length", "256"]
+    assert main(args) == 0
+    assert main([*args, "--prompts", "instruct", "--system-prompt", "Embed it."]) == 0
+    prompts = sorted((r.settings["prompts"]["system"], r.settings["prompts"]["query"]) for r in load_results(tmp_path / "r"))
+    assert prompts == [("Embed it.", "Represent this search query for retrieving relevant documents:\n"),
+                       ("Please represent user queries.", "")]
+
+
+def test_sentence_transformers_use_their_query_and_document_prompts():
+    from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder
+
+    plain = SentenceTransformerEncoder("minilm", show_progress=False)
+    prompted = SentenceTransformerEncoder("minilm", query_prompt="query: ", document_prompt="passage: ", show_progress=False)
+    text = TEXTS[0]
+    direct = plain.model.encode(["query: " + text], normalize_embeddings=True)
+    np.testing.assert_allclose(prompted.encode([text], "query"), direct, atol=1e-5)
+    assert not np.allclose(prompted.encode([text], "query"), plain.encode([text], "query"), atol=1e-3)
+    plain.model.prompts = {"query": "search_query: ", "document": "search_document: "}  # a model that ships prompts
+    own = plain.model.encode(["search_document: " + text], normalize_embeddings=True)
+    np.testing.assert_allclose(plain.embed([text], "document")[0], own, atol=1e-5)

@@ -124,3 +124,15 @@ def test_rl_improves_mean_reward(tiny_model_dir, tmp_path):
     after = trainer.evaluate(group_size=8)
     assert after > before + 0.2, (before, after, [round(x["format_rate"], 2) for x in logs])
     assert all(0 < x["refreshed_docs"] <= 16 for x in logs)
+
+
+def test_config_values_are_type_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\noutput_dir: o\nlearning_rate: 1e-4\nweights: {kl: 0}\nmax_steps: null\n")
+    cfg = load_config(path, SFTConfig)
+    assert cfg.learning_rate == 1e-4 and isinstance(cfg.learning_rate, float) and cfg.weights.kl == 0.0
+    for bad, message in [("batch_size: eight", "batch_size must be int, not 'eight'"), ("lora: 'yes'", "lora must be bool"),
+                         ("weights: {kl: lots}", "weights.kl must be float"), ("grad_accum: 0", "grad_accum must be at least 1")]:
+        path.write_text(f"model: m\noutput_dir: o\n{bad}\n")
+        with pytest.raises(UserError, match=f"{path}: {message}"):
+            load_config(path, SFTConfig)

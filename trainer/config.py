@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -68,17 +69,50 @@ class RLConfig(RunConfig):
 
 
 T = TypeVar("T")
+POSITIVE = {"batch_size", "grad_accum", "epochs", "max_steps", "group_size", "steps", "max_length", "save_every",
+            "refresh_every", "top_k", "lora_r", "max_new_tokens", "ppo_epochs"}
 
 
-def from_dict(cls: type[T], data: dict) -> T:
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field's type, or a ``UserError`` naming the key. YAML reads ``1e-4`` as a string, so a
+    string that parses as a number is accepted for a float field."""
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    if isinstance(value, dict) and LossWeights in options:
+        return from_dict(LossWeights, value, prefix=f"{key}.")
+    for kind in options:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join("null" if k is type(None) else getattr(k, "__name__", str(k)) for k in options)
+    raise UserError(f"{key} must be {names}, not {value!r}")
+
+
+def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
+    """Build a config from a mapping; unknown keys, missing keys and wrongly typed values name the key."""
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise UserError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
-    if "weights" in data and isinstance(data["weights"], dict):
-        data = {**data, "weights": from_dict(LossWeights, data["weights"])}
+        raise UserError(f"unknown {cls.__name__} keys: {', '.join(prefix + k for k in unknown)}")
+    hints = get_type_hints(cls)
+    values = {key: _coerce(prefix + key, value, hints[key]) for key, value in data.items()}
+    for key in POSITIVE & set(values):
+        if values[key] is not None and values[key] < 1:
+            raise UserError(f"{prefix}{key} must be at least 1, not {values[key]}")
     try:
-        return cls(**data)
+        return cls(**values)
     except TypeError as exc:
         raise UserError(f"bad {cls.__name__}: {exc}") from exc
 
@@ -92,4 +126,7 @@ def load_config(path: Path, cls: type[T]) -> T:
         raise UserError(f"malformed YAML in {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise UserError(f"{path}: the config must be a mapping")
-    return from_dict(cls, data)
+    try:
+        return from_dict(cls, data)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from exc

@@ -1,23 +1,29 @@
 """Model specs on the command line -> retrievers.
 
-``bm25``; ``minilm`` or ``st:<name or path>`` (sentence-transformers); ``searchr3:<path>`` (Search-R3);
-``basellm:<path>`` (untuned LLM, last-token pooling). ``smollm2`` as a path means the packaged
-SmolLM2-135M-Instruct; ``searchr3:smollm2`` adds an untrained embed token to it.
+``bm25``; ``minilm`` or ``st:<name or path>`` (sentence-transformers; a bare name also works);
+``searchr3:<path>`` (Search-R3); ``basellm:<path>`` (untuned LLM, last-token pooling). ``smollm2`` as a path means
+the packaged SmolLM2-135M-Instruct; ``searchr3:smollm2`` adds an untrained embed token to it.
+
+``describe`` gives a spec's identity (revision and settings) without loading weights, so finished results can be
+recognised before any model loads; ``load_model`` builds the retriever.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from searchr3_eval.cache import EmbeddingCache
 from searchr3_eval.errors import UserError
-from searchr3_eval.models.base import DenseEncoder
-from searchr3_eval.models.bm25 import BM25Retriever
+from searchr3_eval.models.base import DenseEncoder, Retriever
+from searchr3_eval.models.bm25 import BM25Retriever, bm25_revision, bm25_settings
+from searchr3_eval.results import ModelIdentity
 
 DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2"
+KINDS = ("bm25", "st", "searchr3", "basellm")
 
 
 @dataclass
 class ModelOptions:
+    """Encoder options, with their defaults (the CLI takes its defaults from here)."""
+
     batch_size: int = 32
     reasoning: str = "off"
     max_length: int = 512
@@ -25,42 +31,119 @@ class ModelOptions:
     dtype: str = "float32"
     backend: str = "transformers"
     add_embed_token: bool = False
+    prompts: str = "paper"  # Search-R3 prompt preset
+    system_prompt: str | None = None  # Search-R3 system prompt override
+    query_prompt: str | None = None  # query prefix override (sentence-transformers prompt, Search-R3 user prefix)
+    document_prompt: str | None = None
     show_progress: bool = True
 
+    def validate(self) -> None:
+        from searchr3_eval.models.llm import DTYPES
+        from searchr3_eval.models.searchr3 import PROMPT_PRESETS
 
-def parse_model_specs(spec: str) -> list[str]:
-    specs = [s.strip() for s in spec.split(",") if s.strip()]
+        if self.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+        if self.max_length < 1 or self.max_new_tokens < 0:
+            raise UserError("--max-length must be at least 1 and --max-new-tokens at least 0")
+        if self.reasoning not in ("off", "on", "all"):
+            raise UserError(f"--reasoning must be off, on or all, not {self.reasoning!r}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}")
+        if self.backend not in ("transformers", "vllm"):
+            raise UserError(f"unknown generation backend {self.backend!r}; use transformers or vllm")
+        if self.prompts not in PROMPT_PRESETS:
+            raise UserError(f"unknown prompt preset {self.prompts!r}; use one of {', '.join(PROMPT_PRESETS)}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model as named on the command line: ``text`` as given, its kind and argument."""
+
+    text: str
+    kind: str
+    arg: str
+
+    @property
+    def uses_cache(self) -> bool:
+        return self.kind != "bm25"
+
+    @property
+    def adds_embed_token(self) -> bool:
+        return self.kind == "searchr3" and self.arg.lower() == "smollm2"
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    if text == "bm25":
+        return ModelSpec(text, "bm25", "")
+    kind, sep, arg = text.partition(":")
+    if sep and kind in ("st", "searchr3", "basellm"):
+        if not arg:
+            raise UserError(f"model spec {text!r} needs a name or path after the colon")
+        return ModelSpec(text, kind, arg)
+    return ModelSpec(text, "st", text)
+
+
+def parse_model_specs(spec: str) -> list[ModelSpec]:
+    """A comma list of specs; a spec given twice runs once."""
+    specs = list(dict.fromkeys(parse_model_spec(s.strip()) for s in spec.split(",") if s.strip()))
     if not specs:
         raise UserError("no model given")
-    for s in specs:
-        kind, _, arg = s.partition(":")
-        if ":" in s and kind in ("st", "searchr3", "basellm") and not arg:
-            raise UserError(f"model spec {s!r} needs a name or path after the colon")
     return specs
 
 
-def load_model(spec: str, options: ModelOptions, cache: EmbeddingCache | None) -> BM25Retriever | DenseEncoder:
-    kind, sep, arg = spec.partition(":")
+def _searchr3_prompts(options: ModelOptions):
+    from searchr3_eval.models.searchr3 import resolve_prompts
+
+    return resolve_prompts(options.prompts, options.system_prompt, options.query_prompt, options.document_prompt)
+
+
+def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
+    """The spec's identity: weights revision (a content hash) and every setting that changes its output."""
+    if spec.kind == "bm25":
+        return ModelIdentity(spec.text, bm25_revision(), bm25_settings())
+    if spec.kind == "st":
+        from searchr3_eval.models.sentence_transformer import model_revision, st_settings
+
+        return ModelIdentity(spec.text, model_revision(spec.arg), st_settings(options.query_prompt, options.document_prompt))
+    from searchr3_eval.models.llm import llm_revision
+
+    revision = llm_revision(spec.arg)
+    if spec.kind == "basellm":
+        return ModelIdentity(spec.text, revision, {"max_length": options.max_length, "dtype": options.dtype})
+    from searchr3_eval.models.searchr3 import searchr3_settings
+
+    settings = searchr3_settings(options.reasoning, options.max_length, options.max_new_tokens, _searchr3_prompts(options),
+                                 options.dtype, options.backend, options.add_embed_token or spec.adds_embed_token)
+    return ModelIdentity(spec.text, revision, settings)
+
+
+def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | None) -> Retriever:
     common = {"batch_size": options.batch_size, "cache": cache, "show_progress": options.show_progress}
-    if spec == "bm25":
+    if spec.kind == "bm25":
         return BM25Retriever(show_progress=options.show_progress)
-    if sep and kind == "searchr3":
+    if spec.kind == "searchr3":
         from searchr3_eval.models.searchr3 import SearchR3Encoder
 
         return SearchR3Encoder.from_pretrained(
-            arg,
+            spec.arg,
             dtype=options.dtype,
-            add_token=options.add_embed_token or arg.lower() == "smollm2",
+            add_token=options.add_embed_token or spec.adds_embed_token,
             reasoning=options.reasoning,
             max_length=options.max_length,
             max_new_tokens=options.max_new_tokens,
             backend=options.backend,
+            prompts=_searchr3_prompts(options),
             **common,
         )
-    if sep and kind == "basellm":
+    if spec.kind == "basellm":
         from searchr3_eval.models.base_llm import LastTokenEncoder
 
-        return LastTokenEncoder(arg, dtype=options.dtype, max_length=options.max_length, **common)
+        return LastTokenEncoder(spec.arg, dtype=options.dtype, max_length=options.max_length, **common)
     from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder
 
-    return SentenceTransformerEncoder(arg if sep and kind == "st" else spec, **common)
+    return SentenceTransformerEncoder(spec.arg, query_prompt=options.query_prompt,
+                                      document_prompt=options.document_prompt, **common)
+
+
+__all__ = ["BM25Retriever", "DenseEncoder", "ModelOptions", "ModelSpec", "Retriever", "describe", "load_model",
+           "parse_model_specs"]

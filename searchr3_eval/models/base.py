@@ -1,4 +1,5 @@
-"""The dense-encoder interface shared by every embedding model (BEIR's encode_queries/encode_corpus)."""
+"""The retriever interface (``search(task, top_k)``, after mteb's SearchProtocol) and the dense encoder base class
+that implements it for every embedding model (with BEIR's encode_queries/encode_corpus)."""
 from __future__ import annotations
 
 import hashlib
@@ -6,13 +7,15 @@ import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from searchr3_eval.cache import EmbeddingCache, text_hash
-from searchr3_eval.data import document_text
+from searchr3_eval.data import RetrievalTask, document_text
+from searchr3_eval.metrics import Run
+from searchr3_eval.retrieval import dense_search
 
 Kind = Literal["query", "document"]
 PLURAL = {"query": "queries", "document": "documents"}
@@ -28,8 +31,22 @@ class EncodeStats:
     reasoning: list[str | None] = field(default_factory=list)
 
 
+@runtime_checkable
+class Retriever(Protocol):
+    """Anything that ranks a task's corpus for its queries: BM25 and every dense encoder."""
+
+    name: str
+    revision: str
+    search_stats: dict[str, Any]  # what the last ``search`` did (timings, cache use), for the result file
+
+    @property
+    def settings(self) -> dict[str, Any]: ...
+
+    def search(self, task: RetrievalTask, top_k: int) -> Run: ...
+
+
 class DenseEncoder(ABC):
-    """Subclasses implement ``embed``; this class adds batching, length sorting, caching and progress."""
+    """Subclasses implement ``embed``; this class adds batching, length sorting, caching, progress and search."""
 
     name: str
     revision: str
@@ -39,6 +56,7 @@ class DenseEncoder(ABC):
         self.cache = cache
         self.show_progress = show_progress
         self.last_stats = EncodeStats()
+        self.search_stats: dict[str, Any] = {}
 
     @property
     def settings(self) -> dict:
@@ -83,12 +101,53 @@ class DenseEncoder(ABC):
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([found[h][0] for h in hashes]).astype(np.float32)
 
-    def encode_queries(self, queries: list[str], batch_size: int | None = None, **kwargs) -> np.ndarray:
-        return self.encode(queries, "query", batch_size)
+    def search(self, task: RetrievalTask, top_k: int) -> Run:
+        """Embed the corpus and the queries, then exact inner-product search (cosine: embeddings are unit length)."""
+        doc_ids, query_ids = list(task.corpus), list(task.queries)
+        doc_emb = self.encode([document_text(task.corpus[d]) for d in doc_ids], "document")
+        docs = self.last_stats
+        query_emb = self.encode([task.queries[q] for q in query_ids], "query")
+        queries = self.last_stats
+        start = time.perf_counter()
+        run = dense_search(query_ids, query_emb, doc_ids, doc_emb, top_k=top_k, show_progress=self.show_progress)
+        self.search_stats = {
+            "encode_seconds_corpus": docs.seconds,
+            "encode_seconds_queries": queries.seconds,
+            "docs_encoded": docs.encoded,
+            "docs_from_cache": docs.cached,
+            "queries_encoded": queries.encoded,
+            "queries_from_cache": queries.cached,
+            "docs_per_second": docs.encoded / docs.seconds if docs.encoded else None,
+            "queries_per_second": queries.encoded / queries.seconds if queries.encoded else None,
+            "search_seconds": time.perf_counter() - start,
+            "embedding_dim": int(doc_emb.shape[1]),
+        }
+        return run
 
-    def encode_corpus(self, corpus: list[dict[str, str]] | list[str], batch_size: int | None = None, **kwargs) -> np.ndarray:
-        texts = [doc if isinstance(doc, str) else document_text(doc) for doc in corpus]
-        return self.encode(texts, "document", batch_size)
+    def encode_queries(self, queries: list[str], batch_size: int | None = None, **kwargs) -> Any:
+        """BEIR's query encoder; ``convert_to_tensor=True`` (BEIR's default) returns a torch tensor."""
+        return _as_requested(self.encode(list(queries), "query", batch_size), kwargs)
+
+    def encode_corpus(self, corpus: list[dict] | list[str] | dict[str, list], batch_size: int | None = None, **kwargs) -> Any:
+        """BEIR's corpus encoder: a list of ``{"title", "text"}`` dicts (title optional or None), a dict of columns
+        (``{"title": [...], "text": [...]}``, as BEIR's parallel search passes) or plain strings."""
+        if isinstance(corpus, dict):
+            texts = corpus.get("text", [])
+            titles = corpus.get("title") or [None] * len(texts)
+            docs: list = [{"title": title, "text": text} for title, text in zip(titles, texts)]
+        else:
+            docs = list(corpus)
+        texts = [doc if isinstance(doc, str) else document_text(
+            {"title": doc.get("title") or "", "text": doc.get("text") or ""}) for doc in docs]
+        return _as_requested(self.encode(texts, "document", batch_size), kwargs)
+
+
+def _as_requested(vectors: np.ndarray, kwargs: dict) -> Any:
+    if kwargs.get("convert_to_tensor"):
+        import torch
+
+        return torch.from_numpy(vectors)
+    return vectors
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ class LastTokenEncoder(DenseEncoder):
 
     @property
     def settings(self) -> dict:
-        return {"max_length": self.max_length, "dtype": str(self.model.dtype)}
+        return {"max_length": self.max_length, "dtype": str(self.model.dtype).removeprefix("torch.")}
 
     @torch.inference_mode()
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, None]:

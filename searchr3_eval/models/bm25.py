@@ -1,6 +1,9 @@
 """BM25 baseline (Lucene scoring) with the bm25s library."""
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import bm25s
 import Stemmer
 
@@ -22,16 +25,32 @@ class BM25Retriever:
         self.k1, self.b = k1, b
         self.show_progress = show_progress
         self.name = "BM25"
-        self.revision = f"bm25s-{bm25s.__version__}-k1={k1}-b={b}"
+        self.revision = bm25_revision()
+        self.search_stats: dict[str, Any] = {}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return bm25_settings(self.k1, self.b)
 
     def search(self, task: RetrievalTask, top_k: int = 100) -> Run:
+        start = time.perf_counter()
         doc_ids = list(task.corpus)
         index = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
         index.index(tokenize([document_text(task.corpus[d]) for d in doc_ids], self.show_progress), show_progress=self.show_progress)
         query_ids = list(task.queries)
         query_tokens = [tokens or [""] for tokens in tokenize([task.queries[q] for q in query_ids])]
         results, scores = index.retrieve(query_tokens, k=min(top_k, len(doc_ids)), show_progress=self.show_progress)
-        return {
+        run = {
             qid: {doc_ids[i]: float(s) for i, s in zip(row_idx, row_scores) if s > 0}
             for qid, row_idx, row_scores in zip(query_ids, results, scores)
         }
+        self.search_stats = {"retrieval_seconds": time.perf_counter() - start}
+        return run
+
+
+def bm25_revision() -> str:
+    return f"bm25s-{bm25s.__version__}"
+
+
+def bm25_settings(k1: float = 1.5, b: float = 0.75) -> dict[str, Any]:
+    return {"k1": k1, "b": b, "method": "lucene", "stopwords": "en", "stemmer": "snowball-english"}

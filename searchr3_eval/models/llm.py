@@ -31,6 +31,14 @@ def resolve_llm(name_or_path: str) -> tuple[str, str | None, str]:
     return name_or_path, None, path.name or name_or_path
 
 
+def llm_revision(name_or_path: str) -> str:
+    """Content hash of the model's files (the GGUF file, or the folder's weights and configs)."""
+    folder, gguf_file, _ = resolve_llm(name_or_path)
+    if gguf_file:
+        return fingerprint(Path(folder) / gguf_file)
+    return fingerprint(folder) if Path(folder).exists() else f"hub:{folder}"
+
+
 def load_causal_lm(name_or_path: str, dtype: str = "float32"):
     """Load (model, tokenizer, revision, display name) for inference; errors become ``UserError``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -51,8 +59,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32"):
             del model.config.quantization_config
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    revision = fingerprint(Path(folder) / gguf_file) if gguf_file else fingerprint(folder)
-    return model, tokenizer, revision, display
+    return model, tokenizer, llm_revision(name_or_path), display
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ short analysis first (greedy, ``max_new_tokens``) and appends the token if the m
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -21,14 +21,55 @@ Reasoning = Literal["off", "on", "all"]  # on: queries reason, documents direct;
 
 @dataclass(frozen=True)
 class Prompts:
-    system: str = "You are a search embedding model. Read the user's text and represent its meaning."
-    reasoning_system: str = (
-        "You are a search embedding model. Briefly analyse the user's text: its topic, key entities and "
-        f"what a searcher needs. Then end your answer with {EMBED_TOKEN}."
-    )
-    query: str = "Represent this search query for retrieving relevant documents:\n"
-    document: str = "Represent this document for retrieval:\n"
-    direct_answer: str = "The embedding of this text is "
+    """The chat turns around a text: system prompt, a per-kind prefix of the user turn, the direct answer."""
+
+    system: str
+    reasoning_system: str
+    query: str
+    document: str
+    direct_answer: str
+
+
+# The paper's and the released checkpoint's format (ytgui/Search-R3.0-Small): system "Please represent user
+# queries.", user = the text, assistant "The embedding is <|embed_token|>." The hidden state is read at the token,
+# so what follows it ("." and the end of turn) cannot change it in a causal model and is not rendered.
+PAPER = "Please represent user queries."
+PROMPT_PRESETS: dict[str, Prompts] = {
+    "paper": Prompts(system=PAPER, reasoning_system=PAPER, query="", document="", direct_answer="The embedding is "),
+    "instruct": Prompts(
+        system="You are a search embedding model. Read the user's text and represent its meaning.",
+        reasoning_system=(
+            "You are a search embedding model. Briefly analyse the user's text: its topic, key entities and "
+            f"what a searcher needs. Then end your answer with {EMBED_TOKEN}."
+        ),
+        query="Represent this search query for retrieving relevant documents:\n",
+        document="Represent this document for retrieval:\n",
+        direct_answer="The embedding of this text is ",
+    ),
+}
+DEFAULT_PRESET = "paper"
+
+
+def resolve_prompts(preset: str = DEFAULT_PRESET, system: str | None = None, query: str | None = None,
+                    document: str | None = None) -> Prompts:
+    """A preset with optional overrides (``system`` replaces both system prompts)."""
+    if preset not in PROMPT_PRESETS:
+        raise UserError(f"unknown prompt preset {preset!r}; use one of {', '.join(PROMPT_PRESETS)}")
+    prompts = PROMPT_PRESETS[preset]
+    if system is not None:
+        prompts = replace(prompts, system=system, reasoning_system=system)
+    if query is not None:
+        prompts = replace(prompts, query=query)
+    if document is not None:
+        prompts = replace(prompts, document=document)
+    return prompts
+
+
+def searchr3_settings(reasoning: str, max_length: int, max_new_tokens: int, prompts: Prompts, dtype: str, backend: str,
+                      add_embed_token: bool) -> dict:
+    """Everything besides the weights that changes a Search-R3 embedding."""
+    return {"reasoning": reasoning, "max_length": max_length, "max_new_tokens": max_new_tokens, "prompts": asdict(prompts),
+            "dtype": dtype, "backend": backend, "add_embed_token": add_embed_token}
 
 
 def add_embed_token(model, tokenizer) -> int:
@@ -65,7 +106,8 @@ class SearchR3Encoder(DenseEncoder):
         max_new_tokens: int = 64,
         backend: str = "transformers",
         model_path: str | None = None,
-        prompts: Prompts = Prompts(),
+        prompts: Prompts = PROMPT_PRESETS[DEFAULT_PRESET],
+        add_embed_token: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -79,7 +121,7 @@ class SearchR3Encoder(DenseEncoder):
         self.model, self.tokenizer, self.embed_id = model, tokenizer, token_id
         self.name, self.revision = name, revision
         self.reasoning, self.max_length, self.max_new_tokens = reasoning, max_length, max_new_tokens
-        self.prompts = prompts
+        self.prompts, self.backend, self.add_embed_token = prompts, backend, add_embed_token
         self.generator = make_generator(backend, model, tokenizer, model_path, token_id)
 
     @classmethod
@@ -88,17 +130,14 @@ class SearchR3Encoder(DenseEncoder):
         if embed_token_id(tokenizer) is None and add_token:
             add_embed_token(model, tokenizer)
             display += ", untrained embed token"
-        return cls(model, tokenizer, name=f"Search-R3 ({display})", revision=revision, model_path=name_or_path, **kwargs)
+        return cls(model, tokenizer, name=f"Search-R3 ({display})", revision=revision, model_path=name_or_path,
+                   add_embed_token=add_token, **kwargs)
 
     @property
     def settings(self) -> dict:
-        return {
-            "reasoning": self.reasoning,
-            "max_length": self.max_length,
-            "max_new_tokens": self.max_new_tokens,
-            "prompts": asdict(self.prompts),
-            "dtype": str(self.model.dtype),
-        }
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        return searchr3_settings(self.reasoning, self.max_length, self.max_new_tokens, self.prompts, dtype, self.backend,
+                                 self.add_embed_token)
 
     def reasons(self, kind: Kind) -> bool:
         return self.reasoning == "all" or (self.reasoning == "on" and kind == "query")

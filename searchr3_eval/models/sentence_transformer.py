@@ -1,8 +1,13 @@
-"""Any sentence-transformers model by name or path; all-MiniLM-L6-v2 loads offline from its PyPI carrier."""
+"""Any sentence-transformers model by name or path; all-MiniLM-L6-v2 loads offline from its PyPI carrier.
+
+Queries go through ``encode_query`` and documents through ``encode_document``, so each uses the model's own
+prompts (e.g. BGE's query instruction) unless a prompt is given explicitly.
+"""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +29,20 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def model_revision(name_or_path: str) -> str:
+    """Content hash of a local model folder; ``hub:<name>`` for a model named on the Hugging Face hub."""
+    path = resolve_model_path(name_or_path)
+    return fingerprint(path) if Path(path).exists() else f"hub:{path}"
+
+
+def st_settings(query_prompt: str | None, document_prompt: str | None) -> dict[str, Any]:
+    """Prompt overrides; ``None`` means the model's own prompt for that kind (part of its revision)."""
+    return {"query_prompt": query_prompt, "document_prompt": document_prompt}
+
+
 class SentenceTransformerEncoder(DenseEncoder):
-    def __init__(self, name_or_path: str, device: str = "cpu", **kwargs):
+    def __init__(self, name_or_path: str, device: str = "cpu", query_prompt: str | None = None,
+                 document_prompt: str | None = None, **kwargs):
         super().__init__(**kwargs)
         from sentence_transformers import SentenceTransformer
 
@@ -34,11 +51,16 @@ class SentenceTransformerEncoder(DenseEncoder):
             self.model = SentenceTransformer(path, device=device)
         except (OSError, ValueError) as exc:
             raise UserError(f"could not load sentence-transformers model {name_or_path!r}: {exc}") from exc
-        self.name = ALIASES.get(name_or_path, name_or_path).split("/")[-1]
-        self.revision = fingerprint(path) if Path(path).exists() else "hub"
+        self.name = ALIASES.get(name_or_path, name_or_path).rstrip("/").split("/")[-1]
+        self.revision = model_revision(name_or_path)
+        self.prompts = {"query": query_prompt, "document": document_prompt}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return st_settings(self.prompts["query"], self.prompts["document"])
 
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, None]:
-        vectors = self.model.encode(
-            texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+        encode = self.model.encode_query if kind == "query" else self.model.encode_document
+        vectors = encode(texts, prompt=self.prompts[kind], batch_size=len(texts), normalize_embeddings=True,
+                         convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype(np.float32), None
