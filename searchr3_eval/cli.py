@@ -23,10 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     from searchr3_eval.runner import DEFAULT_OUTPUT, DEFAULT_TOP_K
 
     d = ModelOptions()
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="score models on retrieval tasks, then write the leaderboard")
+    run = sub.add_parser("run", allow_abbrev=False, help="score models on retrieval tasks, then write the leaderboard")
     run.add_argument("--tasks", default=DEFAULT_TASK, help=f"comma list of tasks or groups (BEIR); default {DEFAULT_TASK}")
     run.add_argument("--models", default=DEFAULT_MODELS, help=f"comma list of model specs; default {DEFAULT_MODELS}")
     run.add_argument("--data-dir", type=Path, help="folder holding BEIR-format task folders (corpus.jsonl, queries.jsonl, qrels/)")
@@ -39,12 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-missing", action="store_true", help="skip BEIR sets whose data is missing (offline) without failing")
     run.add_argument("--baseline", help="model spec or row label the report's significance tests compare with (default bm25)")
     run.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
-    run.add_argument("--batch-size", type=int, default=d.batch_size)
+    run.add_argument("--batch-size", type=int, default=d.batch_size, help="texts per batch at most")
+    run.add_argument("--batch-tokens", type=int, default=d.batch_tokens,
+                     help="padded tokens per batch at most (texts are batched longest first)")
     run.add_argument("--reasoning", choices=["off", "on", "all"], default=d.reasoning,
                      help="Search-R3 reasoning: off, on (queries reason), all (queries and documents)")
     run.add_argument("--max-length", type=int, default=d.max_length)
     run.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    run.add_argument("--dtype", choices=["float32", "bfloat16"], default=d.dtype)
+    run.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=d.dtype,
+                     help="LLM weights and compute; auto: bfloat16 where the CPU/GPU has native bf16, else float32")
     run.add_argument("--backend", choices=["transformers", "vllm"], default=d.backend)
     run.add_argument("--add-embed-token", action="store_true", help="add an (untrained) embed token to models without one")
     run.add_argument("--prompts", choices=sorted(PROMPT_PRESETS), default=d.prompts,
@@ -54,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--document-prompt", help="prefix for documents (as --query-prompt)")
     run.add_argument("--quiet", action="store_true", help="no progress bars (ours or the libraries')")
 
-    report = sub.add_parser("report", help="write leaderboard tables and plots from existing results")
+    report = sub.add_parser("report", allow_abbrev=False, help="write leaderboard tables and plots from existing results")
     report.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
     report.add_argument("--baseline", help="model spec or row label for the significance tests (default bm25)")
 
-    verify = sub.add_parser("verify", help="re-run pinned expected scores and print a pass/fail matrix")
+    verify = sub.add_parser("verify", allow_abbrev=False, help="re-run pinned expected scores and print a pass/fail matrix")
     verify.add_argument("--data-dir", type=Path, required=True, help="folder holding the BEIR task folders")
     verify.add_argument("--expected", type=Path, help="expected-scores YAML (default: the packaged one)")
     verify.add_argument("--models", help="only rows of these model specs (comma list)")
@@ -67,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--cache-dir", type=Path)
     verify.add_argument("--quiet", action="store_true")
 
-    tasks = sub.add_parser("tasks", help="list known tasks")
+    tasks = sub.add_parser("tasks", allow_abbrev=False, help="list known tasks")
     tasks.add_argument("--data-dir", type=Path)
 
-    train = sub.add_parser("train", help="train a Search-R3 model (see trainer/)")
+    train = sub.add_parser("train", allow_abbrev=False, help="train a Search-R3 model (see trainer/)")
     train.add_argument("stage", choices=["sft", "rl"])
     train.add_argument("--config", type=Path, required=True, help="YAML config")
     return parser
@@ -144,17 +147,19 @@ def command_tasks(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # tqdm reads TQDM_DISABLE when first imported, which building the parser already does
+    with quiet_libraries() if "--quiet" in argv else nullcontext():
+        return run_command(argv)
+
+
+def run_command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
     ours = logging.getLogger("searchr3_eval")
     ours.handlers = [handler]
     ours.setLevel(logging.WARNING)
-    with quiet_libraries() if getattr(args, "quiet", False) else nullcontext():
-        return dispatch(args)
-
-
-def dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return command_run(args)

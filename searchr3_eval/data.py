@@ -1,7 +1,6 @@
 """Retrieval tasks in BEIR format: corpus.jsonl, queries.jsonl and qrels/<split>.tsv."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -15,6 +14,7 @@ from tqdm.auto import tqdm
 
 from searchr3_eval.atomic import atomic_write
 from searchr3_eval.errors import UserError
+from searchr3_eval.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +107,6 @@ def _local_folder(name: str, data_dir: Path | None) -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def files_fingerprint(paths: list[Path]) -> str:
-    """sha256 over the names and bytes of ``paths`` (a task's corpus, queries and qrels)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def locate_task(name: str, data_dir: Path | None = None, split: str | None = None, download: bool = True) -> TaskSource:
     """Find a task's folder (``data_dir``, embedded, or downloaded) and check its files, without parsing them."""
     default_split = BEIR_TASKS.get(name, (name, "test"))[1]
@@ -138,7 +127,8 @@ def locate_task(name: str, data_dir: Path | None = None, split: str | None = Non
     for path in paths:
         if not path.is_file():
             raise UserError(f"task {name}: missing {path.relative_to(folder)} in {folder}")
-    return TaskSource(name, folder, split, default_split, files_fingerprint(paths), sum(p.stat().st_size for p in paths))
+    size = sum(path.stat().st_size for path in paths)
+    return TaskSource(name, folder, split, default_split, fingerprint(folder, files=paths), size)
 
 
 def load_task(name: str, data_dir: Path | None = None, split: str | None = None, download: bool = True) -> RetrievalTask:

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from searchr3_eval.cli import main
+from tests.conftest import write_beir_folder
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -67,11 +68,12 @@ def test_searchr3_model_without_embed_token(tiny_model_dir, data_dir, tmp_path, 
     assert data["settings"]["prompts"]["system"] == "Please represent user queries." and data["settings"]["add_embed_token"]
 
 
-def test_quiet_silences_library_progress_bars(tiny_model_dir, data_dir, tmp_path):
-    args = ["run", "--tasks", "MiniGSM", "--data-dir", str(data_dir), "--models", f"searchr3:{tiny_model_dir}",
-            "--add-embed-token", "--output-dir", str(tmp_path / "r"), "--no-cache", "--max-length", "256"]
+def test_quiet_silences_library_progress_bars(tmp_path):
+    write_beir_folder(tmp_path / "data" / "Tiny", 6)
+    args = ["run", "--tasks", "Tiny", "--data-dir", str(tmp_path / "data"), "--models", "basellm:smollm2",
+            "--output-dir", str(tmp_path / "r"), "--no-cache", "--max-length", "64"]
     loud = run_cli(*args)
-    assert loud.returncode == 0 and "Loading weights" in loud.stderr  # transformers' own bar
+    assert loud.returncode == 0 and "de-quantizing GGUF tensors" in loud.stderr  # transformers' GGUF loading bar
     quiet = run_cli(*args, "--quiet", "--overwrite")
     assert quiet.returncode == 0 and quiet.stderr == ""
 

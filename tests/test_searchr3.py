@@ -184,3 +184,49 @@ def test_sentence_transformers_use_their_query_and_document_prompts():
     plain.model.prompts = {"query": "search_query: ", "document": "search_document: "}  # a model that ships prompts
     own = plain.model.encode(["search_document: " + text], normalize_embeddings=True)
     np.testing.assert_allclose(plain.embed([text], "document")[0], own, atol=1e-5)
+
+
+def test_token_budget_batches_hold_the_budget_and_every_text():
+    from searchr3_eval.models.base import plan_batches
+
+    lengths = [5, 300, 40, 41, 7, 120, 1000, 39]
+    batches = plan_batches(lengths, max_rows=3, max_tokens=200)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[0] == [6] and batches[1] == [1]  # longer than the budget: alone
+    for batch in batches[2:]:
+        assert len(batch) <= 3 and len(batch) * max(lengths[i] for i in batch) <= 200
+    assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+
+
+def test_shared_prefix_gives_the_plain_path_embeddings(encoder):
+    texts = TEXTS * 3
+    shared, _ = encoder.embed(texts, "document")
+    encoder.share_prefix = False
+    try:
+        plain, _ = encoder.embed(texts, "document")
+    finally:
+        encoder.share_prefix = True
+    assert encoder.model.dtype == torch.float32
+    assert float((shared * plain).sum(axis=1).min()) >= 0.9999
+    singles = np.concatenate([encoder.embed([t], "document")[0] for t in TEXTS])
+    np.testing.assert_allclose(shared[:5], singles, atol=1e-5)
+
+
+def test_encode_reports_tokens_and_padding_waste(encoder):
+    encoder.encode([t + " extra" for t in TEXTS], "document")
+    stats = encoder.last_stats
+    lengths = encoder.text_lengths([t + " extra" for t in TEXTS], "document")
+    assert stats.tokens == sum(lengths) and stats.padded_tokens >= stats.tokens
+    assert 0 <= stats.padding_waste < 1
+    for text, length in zip(TEXTS, encoder.text_lengths(TEXTS, "document")):
+        assert length == len(encoder.sequences([text], "document")[0])
+
+
+def test_auto_dtype_is_resolved_and_recorded():
+    from searchr3_eval.models import ModelOptions, describe, parse_model_specs
+    from searchr3_eval.models.llm import cpu_has_native_bf16, resolve_dtype
+
+    expected = "bfloat16" if cpu_has_native_bf16() else "float32"
+    assert resolve_dtype("auto") == expected and resolve_dtype("float32") == "float32"
+    (spec,) = parse_model_specs("basellm:smollm2")
+    assert describe(spec, ModelOptions()).settings["dtype"] == expected

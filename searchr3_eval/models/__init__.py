@@ -24,11 +24,12 @@ KINDS = ("bm25", "st", "searchr3", "basellm")
 class ModelOptions:
     """Encoder options, with their defaults (the CLI takes its defaults from here)."""
 
-    batch_size: int = 32
+    batch_size: int = 32  # texts per batch at most
+    batch_tokens: int = 4096  # padded tokens per batch at most (texts are batched longest first)
     reasoning: str = "off"
     max_length: int = 512
     max_new_tokens: int = 64
-    dtype: str = "float32"
+    dtype: str = "auto"  # bfloat16 where the CPU or GPU computes it natively, else float32
     backend: str = "transformers"
     add_embed_token: bool = False
     prompts: str = "paper"  # Search-R3 prompt preset
@@ -38,17 +39,17 @@ class ModelOptions:
     show_progress: bool = True
 
     def validate(self) -> None:
-        from searchr3_eval.models.llm import DTYPES
+        from searchr3_eval.models.llm import DTYPE_CHOICES
         from searchr3_eval.models.searchr3 import PROMPT_PRESETS
 
-        if self.batch_size < 1:
-            raise UserError("--batch-size must be at least 1")
+        if self.batch_size < 1 or self.batch_tokens < 1:
+            raise UserError("--batch-size and --batch-tokens must be at least 1")
         if self.max_length < 1 or self.max_new_tokens < 0:
             raise UserError("--max-length must be at least 1 and --max-new-tokens at least 0")
         if self.reasoning not in ("off", "on", "all"):
             raise UserError(f"--reasoning must be off, on or all, not {self.reasoning!r}")
-        if self.dtype not in DTYPES:
-            raise UserError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise UserError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPE_CHOICES)}")
         if self.backend not in ("transformers", "vllm"):
             raise UserError(f"unknown generation backend {self.backend!r}; use transformers or vllm")
         if self.prompts not in PROMPT_PRESETS:
@@ -105,20 +106,21 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
         from searchr3_eval.models.sentence_transformer import model_revision, st_settings
 
         return ModelIdentity(spec.text, model_revision(spec.arg), st_settings(options.query_prompt, options.document_prompt))
-    from searchr3_eval.models.llm import llm_revision
+    from searchr3_eval.models.llm import llm_revision, resolve_dtype
 
-    revision = llm_revision(spec.arg)
+    revision, dtype = llm_revision(spec.arg), resolve_dtype(options.dtype)
     if spec.kind == "basellm":
-        return ModelIdentity(spec.text, revision, {"max_length": options.max_length, "dtype": options.dtype})
+        return ModelIdentity(spec.text, revision, {"max_length": options.max_length, "dtype": dtype})
     from searchr3_eval.models.searchr3 import searchr3_settings
 
     settings = searchr3_settings(options.reasoning, options.max_length, options.max_new_tokens, _searchr3_prompts(options),
-                                 options.dtype, options.backend, options.add_embed_token or spec.adds_embed_token)
+                                 dtype, options.backend, options.add_embed_token or spec.adds_embed_token)
     return ModelIdentity(spec.text, revision, settings)
 
 
 def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | None) -> Retriever:
-    common = {"batch_size": options.batch_size, "cache": cache, "show_progress": options.show_progress}
+    common = {"batch_size": options.batch_size, "batch_tokens": options.batch_tokens, "cache": cache,
+              "show_progress": options.show_progress}
     if spec.kind == "bm25":
         return BM25Retriever(show_progress=options.show_progress)
     if spec.kind == "searchr3":

@@ -29,6 +29,25 @@ class EncodeStats:
     cached: int = 0
     seconds: float = 0.0
     reasoning: list[str | None] = field(default_factory=list)
+    tokens: int = 0  # tokens of the encoded texts (in the unit ``text_lengths`` counts)
+    padded_tokens: int = 0  # tokens the batches held, padding included
+    generation_seconds: float = 0.0  # of ``seconds``, spent writing reasoning
+
+    @property
+    def padding_waste(self) -> float:
+        return 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+def plan_batches(lengths: list[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches, longest first, each holding at most ``max_rows`` texts and at most
+    ``max_tokens`` tokens once padded to its longest text (a text longer than the budget goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(1, min(max_rows, max_tokens // max(1, lengths[order[start]])))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
 
 
 @runtime_checkable
@@ -51,8 +70,10 @@ class DenseEncoder(ABC):
     name: str
     revision: str
 
-    def __init__(self, batch_size: int = 32, cache: EmbeddingCache | None = None, show_progress: bool = True):
-        self.batch_size = batch_size
+    def __init__(self, batch_size: int = 32, cache: EmbeddingCache | None = None, show_progress: bool = True,
+                 batch_tokens: int = 4096):
+        self.batch_size, self.batch_tokens = batch_size, batch_tokens
+        self.generation_seconds = 0.0  # encoders that write reasoning add their generation time here
         self.cache = cache
         self.show_progress = show_progress
         self.last_stats = EncodeStats()
@@ -72,30 +93,42 @@ class DenseEncoder(ABC):
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, list[str] | None]:
         """L2-normalised float32 embeddings of one batch, and the reasoning text if the model wrote any."""
 
+    def text_lengths(self, texts: list[str], kind: Kind) -> list[int]:
+        """Each text's length in tokens of this model (batches are planned with it); subclasses count exactly."""
+        return [max(1, len(t) // 4) for t in texts]
+
     def encode(self, texts: list[str], kind: Kind, batch_size: int | None = None) -> np.ndarray:
-        """Embed ``texts``; cached texts are not re-encoded, the rest go longest-first in batches."""
-        start = time.perf_counter()
-        batch_size = batch_size or self.batch_size
+        """Embed ``texts``; cached texts are not re-encoded, the rest go longest-first in batches of at most
+        ``batch_size`` texts and ``batch_tokens`` padded tokens."""
+        start, generation_start = time.perf_counter(), self.generation_seconds
         hashes = [text_hash(t) for t in texts]
         key = f"{self.cache_key}:{kind}"
         cached = self.cache.get(key, list(set(hashes))) if self.cache else {}
-        todo = sorted({h: i for i, h in enumerate(hashes) if h not in cached}.values(), key=lambda i: -len(texts[i]))
+        todo = list({h: i for i, h in enumerate(hashes) if h not in cached}.values())
+        lengths = self.text_lengths([texts[i] for i in todo], kind) if todo else []
+        batches = plan_batches(lengths, batch_size or self.batch_size, self.batch_tokens)
         fresh: dict[str, tuple[np.ndarray, str | None]] = {}
-        batches = range(0, len(todo), batch_size)
-        for b in tqdm(batches, desc=f"encode {PLURAL[kind]} ({self.name})", disable=not self.show_progress or not todo):
-            idx = todo[b : b + batch_size]
-            vectors, reasoning = self.embed([texts[i] for i in idx], kind)
-            batch_hashes = [hashes[i] for i in idx]
-            if self.cache:
-                self.cache.put(key, batch_hashes, vectors, reasoning)
-            for j, h in enumerate(batch_hashes):
-                fresh[h] = (vectors[j], reasoning[j] if reasoning else None)
+        padded = 0
+        with tqdm(total=len(todo), desc=f"encode {PLURAL[kind]} ({self.name})", disable=not self.show_progress or not todo) as bar:
+            for batch in batches:
+                padded += len(batch) * max(lengths[j] for j in batch)
+                idx = [todo[j] for j in batch]
+                vectors, reasoning = self.embed([texts[i] for i in idx], kind)
+                batch_hashes = [hashes[i] for i in idx]
+                if self.cache:
+                    self.cache.put(key, batch_hashes, vectors, reasoning)
+                for j, h in enumerate(batch_hashes):
+                    fresh[h] = (vectors[j], reasoning[j] if reasoning else None)
+                bar.update(len(batch))
         found = {**cached, **fresh}
         self.last_stats = EncodeStats(
             encoded=len(todo),
             cached=len(texts) - len(todo),
             seconds=time.perf_counter() - start,
             reasoning=[found[h][1] for h in hashes],
+            tokens=sum(lengths),
+            padded_tokens=padded,
+            generation_seconds=self.generation_seconds - generation_start,
         )
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
@@ -119,6 +152,10 @@ class DenseEncoder(ABC):
             "queries_from_cache": queries.cached,
             "docs_per_second": docs.encoded / docs.seconds if docs.encoded else None,
             "queries_per_second": queries.encoded / queries.seconds if queries.encoded else None,
+            "doc_tokens_per_second": docs.tokens / docs.seconds if docs.encoded else None,
+            "padding_waste_corpus": docs.padding_waste,
+            "padding_waste_queries": queries.padding_waste,
+            "generation_seconds": docs.generation_seconds + queries.generation_seconds,
             "search_seconds": time.perf_counter() - start,
             "embedding_dim": int(doc_emb.shape[1]),
         }

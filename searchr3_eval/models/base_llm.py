@@ -19,6 +19,9 @@ class LastTokenEncoder(DenseEncoder):
     def settings(self) -> dict:
         return {"max_length": self.max_length, "dtype": str(self.model.dtype).removeprefix("torch.")}
 
+    def text_lengths(self, texts: list[str], kind: Kind) -> list[int]:
+        return [min(self.max_length, len(ids) + 1) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     @torch.inference_mode()
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, None]:
         eos = self.tokenizer.eos_token_id

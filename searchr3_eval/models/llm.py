@@ -2,15 +2,37 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
+from functools import cache
 from pathlib import Path
 
 import torch
 
 from searchr3_eval.errors import UserError
-from searchr3_eval.models.fingerprint import fingerprint
+from searchr3_eval.fingerprint import fingerprint
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matmuls natively (AVX512-BF16 or AMX), where bf16 runs ~2.5x float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto``: bfloat16 on a GPU that supports it or a CPU with native bf16, else float32."""
+    if dtype != "auto":
+        return dtype
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
 def resolve_llm(name_or_path: str) -> tuple[str, str | None, str]:
@@ -39,16 +61,21 @@ def llm_revision(name_or_path: str) -> str:
     return fingerprint(folder) if Path(folder).exists() else f"hub:{folder}"
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32"):
+def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None):
     """Load (model, tokenizer, revision, display name) for inference; errors become ``UserError``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if dtype not in DTYPE_CHOICES:
+        raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_CHOICES)}")
+    dtype = resolve_dtype(dtype)
     folder, gguf_file, display = resolve_llm(name_or_path)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    if attn_implementation is None and dtype == "bfloat16" and not torch.cuda.is_available():
+        attn_implementation = "eager"  # measured faster than sdpa for bf16 on CPU (benchmarks/bench_encoders.py)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load causal LM {name_or_path!r}: {exc}") from exc
@@ -78,9 +105,44 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def last_hidden_states(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
-    """Final-layer hidden state at each sequence's last token, computed on a left-padded batch."""
-    ids, mask = left_pad(sequences, pad_id)
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """How many leading tokens every sequence shares."""
+    first, n = sequences[0], min(len(s) for s in sequences)
+    for i in range(n):
+        if any(s[i] != first[i] for s in sequences):
+            return i
+    return n
+
+
+def last_hidden_states(model, sequences: list[list[int]], pad_id: int, share_prefix: bool = True) -> torch.Tensor:
+    """Final-layer hidden state at each sequence's last token.
+
+    The tokens every sequence starts with (the system prompt and the start of the user turn) are run once and their
+    keys/values reused for the whole batch; the rest is left-padded after them, with positions that continue from the
+    prefix and padding masked out, which gives the same states as running each sequence alone.
+    """
+    decoder = model.base_model
+    prefix = common_prefix_length(sequences) - 1 if share_prefix and len(sequences) > 1 else 0
+    if prefix < 2:  # nothing worth sharing (the last token is always computed per sequence)
+        ids, mask = left_pad(sequences, pad_id)
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        return decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state[:, -1, :]
+    from transformers import DynamicCache
+
+    head = torch.tensor([sequences[0][:prefix]], device=model.device)
+    kv = DynamicCache(config=model.config)
+    cache_arg = _cache_argument(type(decoder))
+    decoder(input_ids=head, use_cache=True, **{cache_arg: kv})
+    kv.batch_repeat_interleave(len(sequences))
+    ids, mask = left_pad([s[prefix:] for s in sequences], pad_id)
     ids, mask = ids.to(model.device), mask.to(model.device)
-    out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+    full_mask = torch.cat([torch.ones(len(sequences), prefix, dtype=mask.dtype, device=mask.device), mask], dim=1)
+    positions = prefix + position_ids(mask)
+    out = decoder(input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True, **{cache_arg: kv})
     return out.last_hidden_state[:, -1, :]
+
+
+@cache
+def _cache_argument(decoder_class: type) -> str:
+    """Transformers 5 names the KV-cache argument ``cache``; earlier versions ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"

@@ -5,6 +5,7 @@ short analysis first (greedy, ``max_new_tokens``) and appends the token if the m
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -122,11 +123,14 @@ class SearchR3Encoder(DenseEncoder):
         self.name, self.revision = name, revision
         self.reasoning, self.max_length, self.max_new_tokens = reasoning, max_length, max_new_tokens
         self.prompts, self.backend, self.add_embed_token = prompts, backend, add_embed_token
+        self._overheads: dict[tuple, int] = {}
+        self.share_prefix = True  # run the prompt prefix every text shares once per batch (same embeddings)
         self.generator = make_generator(backend, model, tokenizer, model_path, token_id)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, dtype: str = "float32", add_token: bool = False, **kwargs) -> "SearchR3Encoder":
-        model, tokenizer, revision, display = load_causal_lm(name_or_path, dtype)
+    def from_pretrained(cls, name_or_path: str, dtype: str = "float32", add_token: bool = False,
+                        attn_implementation: str | None = None, **kwargs) -> "SearchR3Encoder":
+        model, tokenizer, revision, display = load_causal_lm(name_or_path, dtype, attn_implementation)
         if embed_token_id(tokenizer) is None and add_token:
             add_embed_token(model, tokenizer)
             display += ", untrained embed token"
@@ -153,10 +157,24 @@ class SearchR3Encoder(DenseEncoder):
         full = [*messages, {"role": "assistant", "content": answer}]
         return self.tokenizer.apply_chat_template(full, continue_final_message=True, tokenize=True, return_dict=False)
 
+    def _overhead(self, kind: Kind, reasoning: bool) -> int:
+        """Tokens of the prompt and answer around a text (the same for every text of a kind; memoised)."""
+        key = (kind, reasoning, self.prompts, self.tokenizer.chat_template)
+        if key not in self._overheads:
+            answer = "" if reasoning else self.prompts.direct_answer
+            self._overheads[key] = len(self._render(self._messages("", kind, reasoning), answer + EMBED_TOKEN))
+        return self._overheads[key]
+
+    def text_lengths(self, texts: list[str], kind: Kind) -> list[int]:
+        """Tokens of each text's full sequence (reasoning mode: the prompt plus the longest analysis)."""
+        reasoning = self.reasons(kind)
+        extra = self._overhead(kind, reasoning) + (self.max_new_tokens if reasoning else 0)
+        counts = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [min(self.max_length, len(ids) + extra) for ids in counts]
+
     def _truncate(self, text: str, kind: Kind, reasoning: bool) -> str:
         """Cut the text (keeping its start) so prompt, answer and token fit in ``max_length``."""
-        answer = "" if reasoning else self.prompts.direct_answer
-        overhead = len(self._render(self._messages("", kind, reasoning), answer + EMBED_TOKEN))
+        overhead = self._overhead(kind, reasoning)
         budget = self.max_length - overhead - (self.max_new_tokens if reasoning else 0)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if budget <= 0:
@@ -186,8 +204,13 @@ class SearchR3Encoder(DenseEncoder):
 
     @torch.inference_mode()
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, list[str] | None]:
-        analyses = self.generator(self.generation_prompts(texts, kind), self.max_new_tokens) if self.reasons(kind) else None
-        hidden = last_hidden_states(self.model, self.sequences(texts, kind, analyses), self.tokenizer.pad_token_id)
+        analyses = None
+        if self.reasons(kind):
+            start = time.perf_counter()
+            analyses = self.generator(self.generation_prompts(texts, kind), self.max_new_tokens)
+            self.generation_seconds += time.perf_counter() - start
+        hidden = last_hidden_states(self.model, self.sequences(texts, kind, analyses), self.tokenizer.pad_token_id,
+                                    self.share_prefix)
         return l2_normalize(hidden.float().cpu().numpy()), analyses
 
 

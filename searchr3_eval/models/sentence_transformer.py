@@ -13,7 +13,7 @@ import numpy as np
 
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import DenseEncoder, Kind
-from searchr3_eval.models.fingerprint import fingerprint
+from searchr3_eval.fingerprint import fingerprint
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 ALIASES = {"minilm": MINILM, "all-MiniLM-L6-v2": MINILM}
@@ -58,6 +58,10 @@ class SentenceTransformerEncoder(DenseEncoder):
     @property
     def settings(self) -> dict[str, Any]:
         return st_settings(self.prompts["query"], self.prompts["document"])
+
+    def text_lengths(self, texts: list[str], kind: Kind) -> list[int]:
+        limit = self.model.max_seq_length or 512
+        return [min(limit, len(ids)) for ids in self.model.tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, None]:
         encode = self.model.encode_query if kind == "query" else self.model.encode_document
