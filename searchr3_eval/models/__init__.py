@@ -24,7 +24,7 @@ KINDS = ("bm25", "st", "searchr3", "basellm")
 class ModelOptions:
     """Encoder options, with their defaults (the CLI takes its defaults from here)."""
 
-    batch_size: int = 32  # texts per batch at most
+    batch_size: int = 256  # texts per batch at most (the token budget usually binds first)
     batch_tokens: int = 4096  # padded tokens per batch at most (texts are batched longest first)
     reasoning: str = "off"
     max_length: int = 512

@@ -70,7 +70,7 @@ class DenseEncoder(ABC):
     name: str
     revision: str
 
-    def __init__(self, batch_size: int = 32, cache: EmbeddingCache | None = None, show_progress: bool = True,
+    def __init__(self, batch_size: int = 256, cache: EmbeddingCache | None = None, show_progress: bool = True,
                  batch_tokens: int = 4096):
         self.batch_size, self.batch_tokens = batch_size, batch_tokens
         self.generation_seconds = 0.0  # encoders that write reasoning add their generation time here
