@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -30,8 +31,6 @@ KEEP_LOADED_BYTES = 256 * 1024 * 1024  # tasks smaller than this are parsed once
 
 
 def default_cache_dir() -> Path:
-    import os
-
     return Path(os.environ.get("SEARCHR3_CACHE", Path.home() / ".cache" / "searchr3-eval"))
 
 
@@ -138,15 +137,18 @@ def evaluate(
     for source in sources:
         for spec in specs:
             identity = result_identity(identities[spec], source.name, source.split, source.fingerprint, top_k)
-            previous = None if overwrite else _finished(result_path(output_dir, identity), identity)
+            path = result_path(output_dir, identity)
+            previous = None if overwrite else _finished(path, identity)
             if previous is None:
                 todo.setdefault(source, []).append((spec, identity))
             else:
-                echo(f"skip {spec.text} on {source.name}: result exists ({result_path(output_dir, identity)}; "
-                     "use --overwrite to redo)")
+                echo(f"skip {spec.text} on {source.name}: result exists ({path}; use --overwrite to redo)")
                 summary.reused.append(previous)
-    # parse every task that has work before any model runs; small ones stay loaded
-    kept = {source: task for source, task in ((s, load_task_source(s)) for s in todo) if source.size < KEEP_LOADED_BYTES}
+    kept: dict[TaskSource, RetrievalTask] = {}
+    for source in todo:  # parse every task that has work before any model runs; small ones stay loaded
+        task = load_task_source(source)
+        if source.size < KEEP_LOADED_BYTES:
+            kept[source] = task
 
     cache: EmbeddingCache | None = None
     loaded: dict[ModelSpec, Retriever] = {}

@@ -136,3 +136,55 @@ def test_config_values_are_type_checked(tmp_path):
         path.write_text(f"model: m\noutput_dir: o\n{bad}\n")
         with pytest.raises(UserError, match=f"{path}: {message}"):
             load_config(path, SFTConfig)
+
+
+def test_fast_training_path_matches_the_plain_loss(tiny_model_dir):
+    from trainer.sft import sft_losses
+
+    batch = keyword_triples(5, 8)
+    cfg = SFTConfig(model=str(tiny_model_dir), output_dir="unused", temperature=0.1, max_length=160)
+    torch.manual_seed(0)
+    plain = Policy(str(tiny_model_dir), max_length=160, mixed_precision="no", attn_implementation="sdpa")
+    torch.manual_seed(0)
+    fast = Policy(str(tiny_model_dir), max_length=160, mixed_precision="bf16", attn_implementation="eager")
+    assert fast.bf16_autocast and not plain.bf16_autocast
+    plain_terms, plain_tokens = sft_losses(plain, batch, cfg)
+    fast_terms, fast_tokens = sft_losses(fast, batch, cfg)
+    assert plain_tokens == fast_tokens
+    for name in ("sft", "infonce", "triplet", "total"):
+        assert fast_terms[name].item() == pytest.approx(plain_terms[name].item(), rel=0.03, abs=0.01), name
+    fast_terms["total"].backward()  # gradients flow through the bf16 autocast path
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fast.model.parameters())
+
+
+def test_kl_reference_is_skipped_when_its_weight_is_zero(tiny_model_dir):
+    from trainer.sft import sft_losses
+
+    cfg = SFTConfig(model=str(tiny_model_dir), output_dir="unused", max_length=160, weights=LossWeights(kl=0.0))
+    policy = Policy(str(tiny_model_dir), max_length=160)
+    calls = []
+    original = policy.reference_model
+    policy.reference_model = lambda: calls.append(1) or original()
+    terms, _ = sft_losses(policy, keyword_triples(6, 4), cfg)
+    assert calls == [] and terms["kl"].item() == 0.0
+    cfg.weights = LossWeights(kl=0.1)
+    sft_losses(policy, keyword_triples(6, 4), cfg)
+    assert calls == [1]
+
+
+def test_per_role_length_caps(tiny_model_dir):
+    policy = Policy(str(tiny_model_dir), max_length=200)
+    long_text = " ".join(["apple river violin carbon"] * 40)
+    (short,), _ = policy.direct_sequences([long_text], "document", max_length=60)
+    (full,), _ = policy.direct_sequences([long_text], "document")
+    assert len(short) <= 60 < len(full) <= 200 and short[-1] == full[-1] == policy.embed_id
+
+
+def test_shipped_configs_load_and_point_at_the_shared_data(shared_beir):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sft = load_config(root / "trainer/configs/sft_smollm2.yaml", SFTConfig)
+    rl = load_config(root / "trainer/configs/rl_smollm2.yaml", RLConfig)
+    assert (root / sft.beir_dir / "qrels" / f"{sft.beir_split}.tsv").is_file() and sft.beir_split != "test"
+    assert (root / rl.train_file).is_file() and rl.model == str(Path(sft.output_dir) / "final")

@@ -31,7 +31,9 @@ class RunConfig:
     max_length: int = 256
     save_every: int = 50
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = "float32"  # weights and optimiser state
+    mixed_precision: str = "auto"  # bf16 autocast for forwards: auto (where bf16 is native), bf16 or no
+    attn_implementation: str = "auto"  # auto: eager on CPU (its backward is several times faster), sdpa on GPU
 
 
 @dataclass(kw_only=True)
@@ -41,6 +43,8 @@ class SFTConfig(RunConfig):
     beir_dir: str | None = None  # or mine triples from a BEIR folder's qrels with BM25
     beir_split: str = "train"
     num_negatives: int = 1
+    max_query_length: int | None = None  # per-role caps (tokens of the whole sequence); default max_length
+    max_document_length: int | None = None
     weights: LossWeights = field(default_factory=LossWeights)
     temperature: float = 0.05
     margin: float = 0.2
@@ -69,7 +73,9 @@ class RLConfig(RunConfig):
 
 
 T = TypeVar("T")
-POSITIVE = {"batch_size", "grad_accum", "epochs", "max_steps", "group_size", "steps", "max_length", "save_every",
+CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "attn_implementation": ("auto", "eager", "sdpa"),
+           "dtype": ("float32", "bfloat16")}
+POSITIVE = {"max_query_length", "max_document_length", "batch_size", "grad_accum", "epochs", "max_steps", "group_size", "steps", "max_length", "save_every",
             "refresh_every", "top_k", "lora_r", "max_new_tokens", "ppo_epochs"}
 
 
@@ -108,6 +114,9 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise UserError(f"unknown {cls.__name__} keys: {', '.join(prefix + k for k in unknown)}")
     hints = get_type_hints(cls)
     values = {key: _coerce(prefix + key, value, hints[key]) for key, value in data.items()}
+    for key in CHOICES.keys() & set(values):
+        if values[key] not in CHOICES[key]:
+            raise UserError(f"{prefix}{key} must be one of {', '.join(CHOICES[key])}, not {values[key]!r}")
     for key in POSITIVE & set(values):
         if values[key] is not None and values[key] < 1:
             raise UserError(f"{prefix}{key} must be at least 1, not {values[key]}")

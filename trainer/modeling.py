@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from searchr3_eval.models.llm import left_pad, load_causal_lm, position_ids
-from searchr3_eval.models.searchr3 import SearchR3Encoder, add_embed_token, embed_token_id
+from searchr3_eval.models.llm import cpu_has_native_bf16, last_hidden_states, load_causal_lm, padded_forward
+from searchr3_eval.models.searchr3 import SearchR3Encoder, add_embed_token, embed_token_id, stop_token_ids
+
+
+def resolve_mixed_precision(mode: str) -> bool:
+    """``auto``: bf16 autocast where the CPU computes bf16 natively (or on a bf16-capable GPU)."""
+    if mode == "auto":
+        return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
+    return mode == "bf16"
 
 
 @dataclass
@@ -24,8 +31,12 @@ class Policy:
     """Holds model, tokenizer, the prompt builder (a ``SearchR3Encoder``) and the frozen reference."""
 
     def __init__(self, model_path: str, *, lora: bool = False, lora_r: int = 8, lora_alpha: int = 16,
-                 max_length: int = 256, max_new_tokens: int = 32, dtype: str = "float32"):
-        model, tokenizer, _, _ = load_causal_lm(model_path, dtype)
+                 max_length: int = 256, max_new_tokens: int = 32, dtype: str = "float32", mixed_precision: str = "no",
+                 attn_implementation: str = "auto"):
+        if attn_implementation == "auto":  # eager's backward is several times faster than sdpa's on CPU
+            attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
+        model, tokenizer, _, _ = load_causal_lm(model_path, dtype, attn_implementation)
+        self.bf16_autocast = resolve_mixed_precision(mixed_precision)
         if embed_token_id(tokenizer) is None:
             add_embed_token(model, tokenizer)
         self.lora = lora
@@ -40,10 +51,17 @@ class Policy:
         self.prompter = SearchR3Encoder(model, tokenizer, max_length=max_length, max_new_tokens=max_new_tokens,
                                         show_progress=False)
         self.embed_id = self.prompter.embed_id
+        self.stop_ids = stop_token_ids(tokenizer, self.embed_id)
 
-    def _parts(self, model):
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return base.base_model, base.get_output_embeddings()
+    @staticmethod
+    def _causal_lm(model):
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def autocast(self):
+        """bf16 autocast for forwards when enabled (weights and optimiser state stay float32)."""
+        if not self.bf16_autocast:
+            return nullcontext()
+        return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
 
     @contextmanager
     def reference_model(self):
@@ -55,16 +73,16 @@ class Policy:
             yield self.reference
 
     def forward(self, sequences: list[list[int]], model=None) -> Forward:
-        decoder, _ = self._parts(model or self.model)
-        ids, mask = left_pad(sequences, self.tokenizer.pad_token_id)
-        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
-        return Forward(F.normalize(hidden[:, -1], dim=-1), hidden, ids)
+        with self.autocast():
+            hidden, ids = padded_forward(self._causal_lm(model or self.model), sequences, self.tokenizer.pad_token_id)
+        return Forward(F.normalize(hidden[:, -1].float(), dim=-1), hidden, ids)
 
     def span_logprobs(self, out: Forward, span: torch.Tensor, model=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities [N, V] and targets [N] of the tokens where ``span`` ([B, T] bool) is true."""
-        _, head = self._parts(model or self.model)
+        head = self._causal_lm(model or self.model).get_output_embeddings()
         target_mask = span[:, 1:]
-        logits = head(out.hidden[:, :-1][target_mask])
+        with self.autocast():
+            logits = head(out.hidden[:, :-1][target_mask])
         return logits.float().log_softmax(-1), out.ids[:, 1:][target_mask]
 
     def last_tokens_mask(self, sequences: list[list[int]], counts: list[int]) -> torch.Tensor:
@@ -76,15 +94,20 @@ class Policy:
                 mask[row, width - n :] = True
         return mask
 
-    def direct_sequences(self, texts: list[str], kind: str) -> tuple[list[list[int]], list[int]]:
-        """Direct-mode sequences and the length of each one's answer (fixed phrase + embed token)."""
-        return self.prompter.sequences(texts, kind), [self.prompter.direct_answer_length(kind)] * len(texts)
+    def direct_sequences(self, texts: list[str], kind: str, max_length: int | None = None) -> tuple[list[list[int]], list[int]]:
+        """Direct-mode sequences (capped at ``max_length``) and the length of each one's answer (phrase + embed token)."""
+        sequences = self.prompter.sequences(texts, kind, max_length=max_length)
+        return sequences, [self.prompter.direct_answer_length(kind)] * len(texts)
 
     @torch.no_grad()
     def encode(self, texts: list[str], kind: str, batch_size: int = 16) -> torch.Tensor:
+        """Embeddings exactly as the evaluation encoder computes them (no autocast)."""
         self.model.eval()
-        out = [self.forward(self.prompter.sequences(texts[i : i + batch_size], kind)).embeddings
-               for i in range(0, len(texts), batch_size)]
+        model, pad = self._causal_lm(self.model), self.tokenizer.pad_token_id
+        out = []
+        for start in range(0, len(texts), batch_size):
+            sequences = self.prompter.sequences(texts[start : start + batch_size], kind)
+            out.append(F.normalize(last_hidden_states(model, sequences, pad).float(), dim=-1))
         return torch.cat(out) if out else torch.zeros(0)
 
     def save(self, folder: Path) -> None:

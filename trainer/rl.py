@@ -51,12 +51,13 @@ class GRPOTrainer:
         random.seed(cfg.seed)
         self.triples = triples
         self.policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                             max_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype)
+                             max_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype,
+                             mixed_precision=cfg.mixed_precision, attn_implementation=cfg.attn_implementation)
         doc_ids, doc_texts, self.positive_ids = corpus_from_triples(triples)
         self.env = RetrievalEnvironment(doc_ids, doc_texts, lambda texts: self.policy.encode(texts, "document"),
                                         top_k=cfg.top_k, refresh_every=cfg.refresh_every)
         self.optimizer = torch.optim.AdamW([p for p in self.policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-        self.stop_ids = self.policy.prompter.generator.stop_ids
+        self.stop_ids = self.policy.stop_ids
 
     @torch.no_grad()
     def rollout(self, queries: list[str], group_size: int, generator: torch.Generator | None = None) -> Rollouts:

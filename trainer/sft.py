@@ -34,20 +34,23 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
     """All loss terms for one batch, and the number of tokens it processed."""
     n_neg = min([cfg.num_negatives, *(len(t.negatives) for t in batch)])
     docs = [t.positive for t in batch] + [n for t in batch for n in t.negatives[:n_neg]]
-    q_seq, q_answer = policy.direct_sequences([t.query for t in batch], "query")
-    d_seq, d_answer = policy.direct_sequences(docs, "document")
+    q_seq, q_answer = policy.direct_sequences([t.query for t in batch], "query", cfg.max_query_length)
+    d_seq, d_answer = policy.direct_sequences(docs, "document", cfg.max_document_length)
     sequences, answers = q_seq + d_seq, q_answer + d_answer
     out = policy.forward(sequences)
     span = policy.last_tokens_mask(sequences, answers)
     logprobs, targets = policy.span_logprobs(out, span)
-    with torch.no_grad(), policy.reference_model() as reference:
-        ref_logprobs, _ = policy.span_logprobs(policy.forward(sequences, reference), span, reference)
+    kl = torch.zeros(())
+    if cfg.weights.kl > 0:  # the reference forward costs as much as the policy's; skip it when KL is off
+        with torch.no_grad(), policy.reference_model() as reference:
+            ref_logprobs, _ = policy.span_logprobs(policy.forward(sequences, reference), span, reference)
+        kl = token_kl(logprobs, ref_logprobs)
     size, dim = len(batch), out.embeddings.shape[1]
     queries, positives = out.embeddings[:size], out.embeddings[size : 2 * size]
     negatives = out.embeddings[2 * size :].reshape(size, n_neg, dim)
     terms = {
         "sft": answer_cross_entropy(logprobs, targets),
-        "kl": token_kl(logprobs, ref_logprobs),
+        "kl": kl,
         "infonce": info_nce(queries, positives, negatives.reshape(-1, dim), cfg.temperature),
         "triplet": triplet(queries, positives, negatives, cfg.margin) if n_neg else torch.zeros(()),
     }
@@ -93,7 +96,8 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     triples = training_triples(cfg)
     policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                    max_length=cfg.max_length, dtype=cfg.dtype)
+                    max_length=cfg.max_length, dtype=cfg.dtype, mixed_precision=cfg.mixed_precision,
+                    attn_implementation=cfg.attn_implementation)
     optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size) / cfg.grad_accum)
     checkpoint = out / "checkpoint"

@@ -114,6 +114,15 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
     return n
 
 
+def padded_forward(model, sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final-layer hidden states [B, T, H] of a left-padded batch (positions start at each row's first token), and the
+    padded ids [B, T]. The encoder and the trainer both read "the hidden state at the embed token" from here."""
+    ids, mask = left_pad(sequences, pad_id)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+    return hidden, ids
+
+
 def last_hidden_states(model, sequences: list[list[int]], pad_id: int, share_prefix: bool = True) -> torch.Tensor:
     """Final-layer hidden state at each sequence's last token.
 
@@ -124,9 +133,7 @@ def last_hidden_states(model, sequences: list[list[int]], pad_id: int, share_pre
     decoder = model.base_model
     prefix = common_prefix_length(sequences) - 1 if share_prefix and len(sequences) > 1 else 0
     if prefix < 2:  # nothing worth sharing (the last token is always computed per sequence)
-        ids, mask = left_pad(sequences, pad_id)
-        ids, mask = ids.to(model.device), mask.to(model.device)
-        return decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state[:, -1, :]
+        return padded_forward(model, sequences, pad_id)[0][:, -1, :]
     from transformers import DynamicCache
 
     head = torch.tensor([sequences[0][:prefix]], device=model.device)

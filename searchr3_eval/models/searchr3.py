@@ -172,13 +172,14 @@ class SearchR3Encoder(DenseEncoder):
         counts = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [min(self.max_length, len(ids) + extra) for ids in counts]
 
-    def _truncate(self, text: str, kind: Kind, reasoning: bool) -> str:
+    def _truncate(self, text: str, kind: Kind, reasoning: bool, max_length: int | None = None) -> str:
         """Cut the text (keeping its start) so prompt, answer and token fit in ``max_length``."""
+        max_length = max_length or self.max_length
         overhead = self._overhead(kind, reasoning)
-        budget = self.max_length - overhead - (self.max_new_tokens if reasoning else 0)
+        budget = max_length - overhead - (self.max_new_tokens if reasoning else 0)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if budget <= 0:
-            raise UserError(f"max_length {self.max_length} leaves no room for text (prompt uses {overhead} tokens)")
+            raise UserError(f"max_length {max_length} leaves no room for text (prompt uses {overhead} tokens)")
         return text if len(ids) <= budget else self.tokenizer.decode(ids[:budget])
 
     def direct_answer_length(self, kind: Kind) -> int:
@@ -186,17 +187,18 @@ class SearchR3Encoder(DenseEncoder):
         messages = self._messages("", kind, False)
         return len(self._render(messages, self.prompts.direct_answer + EMBED_TOKEN)) - len(self._render(messages, None))
 
-    def sequences(self, texts: list[str], kind: Kind, analyses: list[str] | None = None) -> list[list[int]]:
+    def sequences(self, texts: list[str], kind: Kind, analyses: list[str] | None = None,
+                  max_length: int | None = None) -> list[list[int]]:
         """Token ids ending in the embed token; longer inputs are left-truncated to ``max_length``."""
-        reasoning = analyses is not None
+        reasoning, max_length = analyses is not None, max_length or self.max_length
         out = []
         for i, text in enumerate(texts):
-            messages = self._messages(self._truncate(text, kind, reasoning), kind, reasoning)
+            messages = self._messages(self._truncate(text, kind, reasoning, max_length), kind, reasoning)
             answer = (analyses[i].strip() + " " if reasoning else self.prompts.direct_answer) + EMBED_TOKEN
             ids = self._render(messages, answer)
             if ids[-1] != self.embed_id:
                 raise UserError(f"the chat template of {self.name!r} does not end the answer at {EMBED_TOKEN}")
-            out.append(ids[-self.max_length :])
+            out.append(ids[-max_length:])
         return out
 
     def generation_prompts(self, texts: list[str], kind: Kind) -> list[list[int]]:
@@ -223,13 +225,18 @@ def make_generator(backend: str, model, tokenizer, model_path: str | None, embed
     raise UserError(f"unknown generation backend {backend!r}; use transformers or vllm")
 
 
+def stop_token_ids(tokenizer, embed_id: int) -> list[int]:
+    """Tokens that end an analysis: the embed token, end of sequence, end of turn."""
+    stops = {embed_id, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    return sorted(i for i in stops if isinstance(i, int) and i != tokenizer.unk_token_id)
+
+
 class TransformersGenerator:
     """Greedy batched generation on a left-padded batch; stops at the embed token or end of turn."""
 
     def __init__(self, model, tokenizer, embed_id: int):
         self.model, self.tokenizer = model, tokenizer
-        stops = {embed_id, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-        self.stop_ids = sorted(i for i in stops if isinstance(i, int) and i != tokenizer.unk_token_id)
+        self.stop_ids = stop_token_ids(tokenizer, embed_id)
 
     @torch.inference_mode()
     def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
