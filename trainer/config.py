@@ -33,7 +33,7 @@ class RunConfig:
     seed: int = 0
     dtype: str = "float32"  # weights and optimiser state
     mixed_precision: str = "auto"  # bf16 autocast for forwards: auto (where bf16 is native), bf16 or no
-    attn_implementation: str = "auto"  # auto: eager on CPU (its backward is several times faster), sdpa on GPU
+    attn_implementation: str = "auto"  # auto: eager on CPU (measured faster for training there), sdpa on GPU
 
 
 @dataclass(kw_only=True)

@@ -33,7 +33,7 @@ class Policy:
     def __init__(self, model_path: str, *, lora: bool = False, lora_r: int = 8, lora_alpha: int = 16,
                  max_length: int = 256, max_new_tokens: int = 32, dtype: str = "float32", mixed_precision: str = "no",
                  attn_implementation: str = "auto"):
-        if attn_implementation == "auto":  # eager's backward is several times faster than sdpa's on CPU
+        if attn_implementation == "auto":  # eager trains faster than sdpa on CPU (benchmarks/bench_sft_speed.py)
             attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
         model, tokenizer, _, _ = load_causal_lm(model_path, dtype, attn_implementation)
         self.bf16_autocast = resolve_mixed_precision(mixed_precision)

@@ -17,7 +17,6 @@ from searchr3_eval.models.bm25 import BM25Retriever, bm25_revision, bm25_setting
 from searchr3_eval.results import ModelIdentity
 
 DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2"
-KINDS = ("bm25", "st", "searchr3", "basellm")
 
 
 @dataclass
