@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=d.dtype,
                      help="LLM weights and compute; auto: bfloat16 where the CPU/GPU has native bf16, else float32")
     run.add_argument("--backend", choices=["transformers", "vllm"], default=d.backend)
+    run.add_argument("--device", default=d.device, help="auto (a GPU when present), cpu, cuda, cuda:N or mps")
     run.add_argument("--add-embed-token", action="store_true", help="add an (untrained) embed token to models without one")
     run.add_argument("--prompts", choices=sorted(PROMPT_PRESETS), default=d.prompts,
                      help="Search-R3 prompt preset (paper: the released checkpoint's format)")

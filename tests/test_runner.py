@@ -92,3 +92,17 @@ def test_identity_known_before_loading_equals_the_loaded_model(spec, tiny_model_
     identity = describe(parsed, options)
     model = load_model(parsed, options, cache=None)
     assert identity.settings == model.settings and identity.revision == model.revision
+
+
+def test_device_is_checked_first_and_recorded(data_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU behaviour")
+    with pytest.raises(UserError, match="--device cuda: no CUDA device is available here"):
+        evaluate("bm25", "MiniGSM", tmp_path / "r", data_dir=data_dir, options=ModelOptions(device="cuda"),
+                 echo=lambda _: None)
+    with pytest.raises(UserError, match="unknown device 'gpu'"):
+        ModelOptions(device="gpu").validate()
+    summary = evaluate("bm25,minilm", "MiniGSM", tmp_path / "r", data_dir=data_dir, options=QUIET, echo=lambda _: None)
+    assert [r.timing["device"] for r in summary.computed] == ["cpu", "cpu"]

@@ -188,3 +188,10 @@ def test_shipped_configs_load_and_point_at_the_shared_data(shared_beir):
     rl = load_config(root / "trainer/configs/rl_smollm2.yaml", RLConfig)
     assert (root / sft.beir_dir / "qrels" / f"{sft.beir_split}.tsv").is_file() and sft.beir_split != "test"
     assert (root / rl.train_file).is_file() and rl.model == str(Path(sft.output_dir) / "final")
+
+
+def test_trainer_device_is_validated_with_the_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\noutput_dir: o\ndevice: tpu\n")
+    with pytest.raises(UserError, match=f"{path}: unknown device 'tpu'"):
+        load_config(path, SFTConfig)

@@ -34,6 +34,7 @@ class RunConfig:
     dtype: str = "float32"  # weights and optimiser state
     mixed_precision: str = "auto"  # bf16 autocast for forwards: auto (where bf16 is native), bf16 or no
     attn_implementation: str = "auto"  # auto: eager on CPU (measured faster for training there), sdpa on GPU
+    device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
 
 
 @dataclass(kw_only=True)
@@ -117,6 +118,10 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     for key in CHOICES.keys() & set(values):
         if values[key] not in CHOICES[key]:
             raise UserError(f"{prefix}{key} must be one of {', '.join(CHOICES[key])}, not {values[key]!r}")
+    if "device" in values:
+        from searchr3_eval.models.llm import resolve_device
+
+        resolve_device(values["device"])
     for key in POSITIVE & set(values):
         if values[key] is not None and values[key] < 1:
             raise UserError(f"{prefix}{key} must be at least 1, not {values[key]}")

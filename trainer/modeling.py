@@ -9,14 +9,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from searchr3_eval.models.llm import cpu_has_native_bf16, last_hidden_states, load_causal_lm, padded_forward
+from searchr3_eval.models.llm import (
+    cpu_has_native_bf16, last_hidden_states, load_causal_lm, padded_forward, resolve_device,
+)
 from searchr3_eval.models.searchr3 import SearchR3Encoder, add_embed_token, embed_token_id, stop_token_ids
 
 
-def resolve_mixed_precision(mode: str) -> bool:
-    """``auto``: bf16 autocast where the CPU computes bf16 natively (or on a bf16-capable GPU)."""
+def resolve_mixed_precision(mode: str, device: str) -> bool:
+    """``auto``: bf16 autocast where the CPU computes bf16 natively, or on a bf16-capable GPU."""
     if mode == "auto":
-        return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
+        if device.startswith("cuda"):
+            return torch.cuda.is_bf16_supported()
+        return device == "cpu" and cpu_has_native_bf16()
     return mode == "bf16"
 
 
@@ -32,11 +36,12 @@ class Policy:
 
     def __init__(self, model_path: str, *, lora: bool = False, lora_r: int = 8, lora_alpha: int = 16,
                  max_length: int = 256, max_new_tokens: int = 32, dtype: str = "float32", mixed_precision: str = "no",
-                 attn_implementation: str = "auto"):
+                 attn_implementation: str = "auto", device: str = "auto"):
+        device = resolve_device(device)
         if attn_implementation == "auto":  # eager trains faster than sdpa on CPU (benchmarks/bench_sft_speed.py)
-            attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
-        model, tokenizer, _, _ = load_causal_lm(model_path, dtype, attn_implementation)
-        self.bf16_autocast = resolve_mixed_precision(mixed_precision)
+            attn_implementation = "eager" if device == "cpu" else "sdpa"
+        model, tokenizer, _, _ = load_causal_lm(model_path, dtype, attn_implementation, device)
+        self.bf16_autocast = resolve_mixed_precision(mixed_precision, device)
         if embed_token_id(tokenizer) is None:
             add_embed_token(model, tokenizer)
         self.lora = lora
@@ -88,7 +93,7 @@ class Policy:
     def last_tokens_mask(self, sequences: list[list[int]], counts: list[int]) -> torch.Tensor:
         """Mask of the last ``counts[i]`` tokens of each (left-padded) sequence."""
         width = max(len(s) for s in sequences)
-        mask = torch.zeros(len(sequences), width, dtype=torch.bool)
+        mask = torch.zeros(len(sequences), width, dtype=torch.bool, device=self.model.device)
         for row, n in enumerate(counts):
             if n:
                 mask[row, width - n :] = True

@@ -52,7 +52,8 @@ class GRPOTrainer:
         self.triples = triples
         self.policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                              max_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype,
-                             mixed_precision=cfg.mixed_precision, attn_implementation=cfg.attn_implementation)
+                             mixed_precision=cfg.mixed_precision, attn_implementation=cfg.attn_implementation,
+                             device=cfg.device)
         doc_ids, doc_texts, self.positive_ids = corpus_from_triples(triples)
         self.env = RetrievalEnvironment(doc_ids, doc_texts, lambda texts: self.policy.encode(texts, "document"),
                                         top_k=cfg.top_k, refresh_every=cfg.refresh_every)
@@ -65,7 +66,7 @@ class GRPOTrainer:
         model, pad = self.policy.model, self.policy.tokenizer.pad_token_id
         model.eval()
         prompts = [p for p in self.policy.prompter.generation_prompts(queries, "query") for _ in range(group_size)]
-        ids, mask = left_pad(prompts, pad)
+        ids, mask = (t.to(model.device) for t in left_pad(prompts, pad))
         if generator is not None:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens, do_sample=True,
@@ -93,7 +94,7 @@ class GRPOTrainer:
         span = self.policy.last_tokens_mask(sequences, [len(a) for a in rollouts.actions])
         logprobs, targets = self.policy.span_logprobs(out, span, model)
         chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
-        result = torch.zeros(span.shape, dtype=chosen.dtype)
+        result = torch.zeros(span.shape, dtype=chosen.dtype, device=chosen.device)
         result[:, 1:][span[:, 1:]] = chosen
         return result[:, 1:]
 
@@ -106,7 +107,8 @@ class GRPOTrainer:
         rewards, reciprocal = self.rewards(rollouts, group_positives)
         grouped = rewards.reshape(len(batch), cfg.group_size)
         advantages = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, keepdims=True) + 1e-4)
-        advantages = torch.tensor(advantages.reshape(-1), dtype=torch.float32)[:, None]
+        device = self.policy.model.device
+        advantages = torch.tensor(advantages.reshape(-1), dtype=torch.float32, device=device)[:, None]
         with torch.no_grad():
             old = self.action_logprobs(rollouts, self.policy.model)
             with self.policy.reference_model() as reference:

@@ -40,7 +40,7 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
     out = policy.forward(sequences)
     span = policy.last_tokens_mask(sequences, answers)
     logprobs, targets = policy.span_logprobs(out, span)
-    kl = torch.zeros(())
+    kl = torch.zeros((), device=out.embeddings.device)
     if cfg.weights.kl > 0:  # the reference forward costs as much as the policy's; skip it when KL is off
         with torch.no_grad(), policy.reference_model() as reference:
             ref_logprobs, _ = policy.span_logprobs(policy.forward(sequences, reference), span, reference)
@@ -52,7 +52,7 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
         "sft": answer_cross_entropy(logprobs, targets),
         "kl": kl,
         "infonce": info_nce(queries, positives, negatives.reshape(-1, dim), cfg.temperature),
-        "triplet": triplet(queries, positives, negatives, cfg.margin) if n_neg else torch.zeros(()),
+        "triplet": triplet(queries, positives, negatives, cfg.margin) if n_neg else torch.zeros_like(kl),
     }
     w = cfg.weights
     terms["total"] = w.sft * terms["sft"] + w.kl * terms["kl"] + w.infonce * terms["infonce"] + w.triplet * terms["triplet"]
@@ -97,7 +97,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     triples = training_triples(cfg)
     policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                     max_length=cfg.max_length, dtype=cfg.dtype, mixed_precision=cfg.mixed_precision,
-                    attn_implementation=cfg.attn_implementation)
+                    attn_implementation=cfg.attn_implementation, device=cfg.device)
     optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size) / cfg.grad_accum)
     checkpoint = out / "checkpoint"

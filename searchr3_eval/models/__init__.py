@@ -29,6 +29,7 @@ class ModelOptions:
     max_length: int = 512
     max_new_tokens: int = 64
     dtype: str = "auto"  # bfloat16 where the CPU or GPU computes it natively, else float32
+    device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
     backend: str = "transformers"
     add_embed_token: bool = False
     prompts: str = "paper"  # Search-R3 prompt preset
@@ -38,7 +39,7 @@ class ModelOptions:
     show_progress: bool = True
 
     def validate(self) -> None:
-        from searchr3_eval.models.llm import DTYPE_CHOICES
+        from searchr3_eval.models.llm import DTYPE_CHOICES, resolve_device
         from searchr3_eval.models.searchr3 import PROMPT_PRESETS
 
         if self.batch_size < 1 or self.batch_tokens < 1:
@@ -51,6 +52,7 @@ class ModelOptions:
             raise UserError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPE_CHOICES)}")
         if self.backend not in ("transformers", "vllm"):
             raise UserError(f"unknown generation backend {self.backend!r}; use transformers or vllm")
+        resolve_device(self.device)
         if self.prompts not in PROMPT_PRESETS:
             raise UserError(f"unknown prompt preset {self.prompts!r}; use one of {', '.join(PROMPT_PRESETS)}")
 
@@ -105,9 +107,9 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
         from searchr3_eval.models.sentence_transformer import model_revision, st_settings
 
         return ModelIdentity(spec.text, model_revision(spec.arg), st_settings(options.query_prompt, options.document_prompt))
-    from searchr3_eval.models.llm import llm_revision, resolve_dtype
+    from searchr3_eval.models.llm import llm_revision, resolve_device, resolve_dtype
 
-    revision, dtype = llm_revision(spec.arg), resolve_dtype(options.dtype)
+    revision, dtype = llm_revision(spec.arg), resolve_dtype(options.dtype, resolve_device(options.device))
     if spec.kind == "basellm":
         return ModelIdentity(spec.text, revision, {"max_length": options.max_length, "dtype": dtype})
     from searchr3_eval.models.searchr3 import searchr3_settings
@@ -118,8 +120,11 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
 
 
 def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | None) -> Retriever:
+    from searchr3_eval.models.llm import resolve_device
+
+    device = resolve_device(options.device)
     common = {"batch_size": options.batch_size, "batch_tokens": options.batch_tokens, "cache": cache,
-              "show_progress": options.show_progress}
+              "show_progress": options.show_progress, "device": device}
     if spec.kind == "bm25":
         return BM25Retriever(show_progress=options.show_progress)
     if spec.kind == "searchr3":

@@ -71,8 +71,8 @@ class DenseEncoder(ABC):
     revision: str
 
     def __init__(self, batch_size: int = 256, cache: EmbeddingCache | None = None, show_progress: bool = True,
-                 batch_tokens: int = 4096):
-        self.batch_size, self.batch_tokens = batch_size, batch_tokens
+                 batch_tokens: int = 4096, device: str = "cpu"):
+        self.batch_size, self.batch_tokens, self.device = batch_size, batch_tokens, device
         self.generation_seconds = 0.0  # encoders that write reasoning add their generation time here
         self.cache = cache
         self.show_progress = show_progress
@@ -158,6 +158,7 @@ class DenseEncoder(ABC):
             "generation_seconds": docs.generation_seconds + queries.generation_seconds,
             "search_seconds": time.perf_counter() - start,
             "embedding_dim": int(doc_emb.shape[1]),
+            "device": self.device,
         }
         return run
 

@@ -9,9 +9,9 @@ from searchr3_eval.models.llm import last_hidden_states, load_causal_lm
 
 
 class LastTokenEncoder(DenseEncoder):
-    def __init__(self, name_or_path: str, dtype: str = "float32", max_length: int = 512, **kwargs):
-        super().__init__(**kwargs)
-        self.model, self.tokenizer, self.revision, display = load_causal_lm(name_or_path, dtype)
+    def __init__(self, name_or_path: str, dtype: str = "float32", max_length: int = 512, device: str = "cpu", **kwargs):
+        self.model, self.tokenizer, self.revision, display = load_causal_lm(name_or_path, dtype, device=device)
+        super().__init__(device=str(self.model.device), **kwargs)
         self.name = f"Base LLM last-token ({display})"
         self.max_length = max_length
 

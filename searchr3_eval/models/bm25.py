@@ -44,7 +44,7 @@ class BM25Retriever:
             qid: {doc_ids[i]: float(s) for i, s in zip(row_idx, row_scores) if s > 0}
             for qid, row_idx, row_scores in zip(query_ids, results, scores)
         }
-        self.search_stats = {"retrieval_seconds": time.perf_counter() - start}
+        self.search_stats = {"retrieval_seconds": time.perf_counter() - start, "device": "cpu"}
         return run
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 from functools import cache
 from pathlib import Path
 
@@ -26,13 +27,30 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_dtype(dtype: str) -> str:
+def resolve_device(device: str = "auto") -> str:
+    """``auto``: the GPU when one is present (CUDA, then Apple MPS), else ``cpu``; a missing device is a UserError."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available here")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
     """``auto``: bfloat16 on a GPU that supports it or a CPU with native bf16, else float32."""
     if dtype != "auto":
         return dtype
-    if torch.cuda.is_available():
+    if device.startswith("cuda"):
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if cpu_has_native_bf16() else "float32"
+    return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
 
 
 def resolve_llm(name_or_path: str) -> tuple[str, str | None, str]:
@@ -61,16 +79,18 @@ def llm_revision(name_or_path: str) -> str:
     return fingerprint(folder) if Path(folder).exists() else f"hub:{folder}"
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None):
-    """Load (model, tokenizer, revision, display name) for inference; errors become ``UserError``."""
+def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
+                   device: str = "cpu"):
+    """Load (model, tokenizer, revision, display name) on ``device``; errors become ``UserError``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPE_CHOICES:
         raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_CHOICES)}")
-    dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     folder, gguf_file, display = resolve_llm(name_or_path)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    if attn_implementation is None and dtype == "bfloat16" and not torch.cuda.is_available():
+    if attn_implementation is None and dtype == "bfloat16" and device == "cpu":
         attn_implementation = "eager"  # measured faster than sdpa for bf16 on CPU (benchmarks/bench_encoders.py)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -79,7 +99,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementatio
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load causal LM {name_or_path!r}: {exc}") from exc
-    model.eval()
+    model.to(device).eval()
     if gguf_file:  # weights were dequantized on load; drop the GGUF marker so the model can be saved
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):

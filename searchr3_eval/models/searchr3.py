@@ -129,13 +129,13 @@ class SearchR3Encoder(DenseEncoder):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32", add_token: bool = False,
-                        attn_implementation: str | None = None, **kwargs) -> "SearchR3Encoder":
-        model, tokenizer, revision, display = load_causal_lm(name_or_path, dtype, attn_implementation)
+                        attn_implementation: str | None = None, device: str = "cpu", **kwargs) -> "SearchR3Encoder":
+        model, tokenizer, revision, display = load_causal_lm(name_or_path, dtype, attn_implementation, device)
         if embed_token_id(tokenizer) is None and add_token:
             add_embed_token(model, tokenizer)
             display += ", untrained embed token"
         return cls(model, tokenizer, name=f"Search-R3 ({display})", revision=revision, model_path=name_or_path,
-                   add_embed_token=add_token, **kwargs)
+                   add_embed_token=add_token, device=str(model.device), **kwargs)
 
     @property
     def settings(self) -> dict:

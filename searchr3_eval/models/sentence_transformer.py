@@ -41,14 +41,13 @@ def st_settings(query_prompt: str | None, document_prompt: str | None) -> dict[s
 
 
 class SentenceTransformerEncoder(DenseEncoder):
-    def __init__(self, name_or_path: str, device: str = "cpu", query_prompt: str | None = None,
-                 document_prompt: str | None = None, **kwargs):
+    def __init__(self, name_or_path: str, query_prompt: str | None = None, document_prompt: str | None = None, **kwargs):
         super().__init__(**kwargs)
         from sentence_transformers import SentenceTransformer
 
         path = resolve_model_path(name_or_path)
         try:
-            self.model = SentenceTransformer(path, device=device)
+            self.model = SentenceTransformer(path, device=self.device)
         except (OSError, ValueError) as exc:
             raise UserError(f"could not load sentence-transformers model {name_or_path!r}: {exc}") from exc
         self.name = ALIASES.get(name_or_path, name_or_path).rstrip("/").split("/")[-1]
