@@ -1,8 +1,10 @@
-"""SFT training speed on this machine: the plain path against eager attention and bf16 autocast, same batch.
+"""SFT training speed on this machine: the plain path against eager attention, bf16 autocast and top-N-layer LoRA
+with cached lower layers, same batch.
 
-Full fine-tune of SmolLM2-135M-Instruct on one fixed batch of real SciFact train pairs (each with one other pair's
-positive as its hard negative), sequences capped at --max-length tokens. Each variant runs a warm-up step and then
---steps forward+backward passes; it reports tokens/s and the loss of the fixed batch, which must agree across variants.
+SmolLM2-135M-Instruct (full fine-tune, or LoRA on the top layers) on one fixed batch of real SciFact train pairs (each
+with one other pair's positive as its hard negative), sequences capped at --max-length tokens. Each variant runs a
+warm-up step (which also fills the lower-layer cache) and then --steps forward+backward passes; it reports tokens/s
+and the loss of the fixed batch before any update, which must agree across variants (LoRA starts as the identity).
 
 Usage: HF_HUB_OFFLINE=1 python benchmarks/bench_sft_speed.py [--pairs ../shared/data/train/scifact_train_pairs.jsonl]
 """
@@ -26,6 +28,11 @@ VARIANTS = {
     "eager attention": {"mixed_precision": "no", "attn_implementation": "eager", "kl": 0.1},
     "eager + bf16 autocast": {"mixed_precision": "bf16", "attn_implementation": "eager", "kl": 0.1},
     "eager + bf16 autocast, KL off": {"mixed_precision": "bf16", "attn_implementation": "eager", "kl": 0.0},
+    # LoRA on the top N layers only; the frozen lower layers' outputs are computed in the warm-up step and cached
+    "LoRA top 8 layers, lower 22 cached, bf16, KL on": {"mixed_precision": "bf16", "attn_implementation": "eager",
+                                                       "kl": 0.1, "lora": True, "train_layers": 8},
+    "LoRA top 4 layers, lower 26 cached, bf16, KL off": {"mixed_precision": "bf16", "attn_implementation": "eager",
+                                                        "kl": 0.0, "lora": True, "train_layers": 4},
 }
 
 
@@ -47,7 +54,8 @@ def main() -> None:
     for name, v in VARIANTS.items():
         torch.manual_seed(0)
         policy = Policy("smollm2", max_length=args.max_length, mixed_precision=v["mixed_precision"],
-                        attn_implementation=v["attn_implementation"])
+                        attn_implementation=v["attn_implementation"], lora=v.get("lora", False),
+                        train_layers=v.get("train_layers"), lora_r=16, lora_alpha=32)
         cfg = SFTConfig(model="smollm2", output_dir="unused", max_length=args.max_length, weights=LossWeights(kl=v["kl"]))
         policy.model.train()
         terms, _ = sft_losses(policy, batch, cfg)  # warm-up, and the fixed batch's loss before any update
@@ -67,7 +75,7 @@ def main() -> None:
     base = rows["plain (float32, sdpa, KL on)"]["tokens_per_second"]
     for row in rows.values():
         row["speedup"] = round(row["tokens_per_second"] / base, 2)
-    atomic_write_json(args.out, {"benchmark": "SFT forward+backward, full fine-tune, SmolLM2-135M-Instruct",
+    atomic_write_json(args.out, {"benchmark": "SFT forward+backward, SmolLM2-135M-Instruct",
                                  "batch": f"{args.batch_size} triples (query, positive, 1 negative)",
                                  "max_length": args.max_length, "threads": torch.get_num_threads(), "variants": rows})
 

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--data-dir", type=Path)
 
     train = sub.add_parser("train", allow_abbrev=False, help="train a Search-R3 model (see trainer/)")
-    train.add_argument("stage", choices=["sft", "rl"])
+    train.add_argument("stage", choices=["data", "sft", "rl"])
     train.add_argument("--config", type=Path, required=True, help="YAML config")
     return parser
 

@@ -89,9 +89,15 @@ def test_reasoning_text_is_generated_and_cached(tiny_model_dir, tmp_path):
 
 
 def test_cache_key_depends_on_settings(tiny_model_dir):
-    a = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False)
-    b = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, reasoning="all", show_progress=False)
-    assert a.cache_key != b.cache_key
+    off = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False)
+    on = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, reasoning="on", show_progress=False)
+    both = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, reasoning="all", show_progress=False)
+    assert off.cache_key("query") != on.cache_key("query") != both.cache_key("query")
+    assert off.cache_key("query") != off.cache_key("document")
+    # with reasoning="on" documents are embedded directly: they share reasoning="off"'s cached embeddings
+    assert off.cache_key("document") == on.cache_key("document") != both.cache_key("document")
+    on.max_length = 64
+    assert off.cache_key("document") != on.cache_key("document")
 
 
 def test_vllm_backend_without_vllm_is_a_user_error(tiny_model_dir):

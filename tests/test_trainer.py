@@ -82,7 +82,7 @@ def test_sft_lowers_heldout_contrastive_loss_and_resumes(tiny_model_dir, tmp_pat
     after = heldout_infonce(policy, heldout, 0.1)
     assert after < before - 0.3, (before, after)
     assert summary["heldout_infonce"]["at_start"] == pytest.approx(before, abs=1e-4)
-    assert summary["heldout_infonce"]["at_end"] == pytest.approx(after, abs=1e-4)
+    assert summary["heldout_infonce"]["best"] == pytest.approx(after, abs=1e-4)  # final is the best checkpoint
     np.testing.assert_allclose(trained.encode(["find apple"], "query"), policy.encode(["find apple"], "query").numpy(), atol=1e-5)
     rows = (tmp_path / "out" / "loss_log.csv").read_text().splitlines()
     assert len(rows) == 31 and (tmp_path / "out" / "loss_plot.png").exists()
@@ -184,10 +184,17 @@ def test_per_role_length_caps(tiny_model_dir):
 def test_shipped_configs_load_and_point_at_the_shared_data(shared_beir):
     from pathlib import Path
 
+    from trainer.config import DataConfig
+
     root = Path(__file__).resolve().parents[1]
+    data = load_config(root / "trainer/configs/data_smollm2.yaml", DataConfig)
     sft = load_config(root / "trainer/configs/sft_smollm2.yaml", SFTConfig)
     rl = load_config(root / "trainer/configs/rl_smollm2.yaml", RLConfig)
-    assert (root / sft.beir_dir / "qrels" / f"{sft.beir_split}.tsv").is_file() and sft.beir_split != "test"
+    assert all((root / d / "qrels" / f"{data.beir_split}.tsv").is_file() for d in data.beir_dirs)
+    assert all((root / f).is_file() for f in data.pair_files) and data.pair_files
+    assert data.beir_split != "test" and "TEST" not in data.keep_splits and not any("test" in f for f in data.pair_files)
+    assert sft.train_file == str(Path(data.output_dir) / "train.jsonl")
+    assert sft.eval_file == str(Path(data.output_dir) / "heldout.jsonl")
     assert (root / rl.train_file).is_file() and rl.model == str(Path(sft.output_dir) / "final")
 
 
@@ -196,3 +203,70 @@ def test_trainer_device_is_validated_with_the_config(tmp_path):
     path.write_text("model: m\noutput_dir: o\ndevice: tpu\n")
     with pytest.raises(UserError, match=f"{path}: unknown device 'tpu'"):
         load_config(path, SFTConfig)
+
+
+def test_top_layer_lora_with_cached_lower_layers_matches_the_full_forward(tiny_model_dir):
+    from trainer.sft import sft_losses
+
+    batch = keyword_triples(5, 8)
+    cfg = SFTConfig(model=str(tiny_model_dir), output_dir="unused", temperature=0.1, max_length=160)
+    full = Policy(str(tiny_model_dir), max_length=160, mixed_precision="no", lora=True)
+    top = Policy(str(tiny_model_dir), max_length=160, mixed_precision="no", lora=True, train_layers=1)
+    assert top.frozen_layers == 1 and full.lower_cache is None
+    full_terms, _ = sft_losses(full, batch, cfg)
+    top_terms, _ = sft_losses(top, batch, cfg)
+    for name in ("sft", "infonce", "triplet", "total"):  # LoRA starts as the identity: same model, same losses
+        assert top_terms[name].item() == pytest.approx(full_terms[name].item(), rel=1e-4), name
+    top_terms["total"].backward()
+    trained = [n for n, p in top.model.named_parameters() if p.grad is not None]
+    assert trained and all("lora_" in n and ".layers.1." in n for n in trained)
+    cached = len(top.lower_cache.states)
+    sft_losses(top, batch, cfg)  # the same texts again: nothing new to compute
+    assert cached == len(top.lower_cache.states) == len({t for x in batch for t in (x.query, x.positive, *x.negatives)})
+    with pytest.raises(UserError, match="train_layers 3 is more than"):
+        Policy(str(tiny_model_dir), train_layers=3)
+
+
+def test_lora_sft_saves_a_small_adapter_that_the_evaluator_loads(tiny_model_dir, tmp_path):
+    from searchr3_eval.models.adapter import is_adapter
+
+    write_triples(tmp_path / "train.jsonl", keyword_triples(1, 96))
+    write_triples(tmp_path / "heldout.jsonl", keyword_triples(2, 32))
+    cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
+                    eval_file=str(tmp_path / "heldout.jsonl"), lora=True, lora_r=4, train_layers=1, learning_rate=1e-2,
+                    batch_size=16, max_steps=20, eval_every=5, temperature=0.1, max_length=160)
+    summary = train_sft(cfg, show_progress=False)
+    final = tmp_path / "out" / "final"
+    assert is_adapter(final) and not (final / "model.safetensors").exists()
+    assert summary["heldout_infonce"]["best"] < summary["heldout_infonce"]["at_start"] - 0.1, summary
+    assert len((tmp_path / "out" / "heldout_log.csv").read_text().splitlines()) == 1 + 5  # step 0, 5, 10, 15, 20
+    encoder = SearchR3Encoder.from_pretrained(str(final), max_length=160, show_progress=False)
+    policy = Policy(str(final), max_length=160)  # merged for evaluation
+    np.testing.assert_allclose(encoder.encode(["find apple"], "query"), policy.encode(["find apple"], "query").numpy(),
+                               atol=1e-5)
+    assert heldout_infonce(policy, keyword_triples(2, 32), 0.1) == pytest.approx(summary["heldout_infonce"]["best"], abs=1e-4)
+    further = Policy(str(final), lora=True, max_length=160)  # RL keeps training the same adapter
+    assert {n for n, p in further.model.named_parameters() if p.requires_grad} and all(
+        "lora_" in n for n, p in further.model.named_parameters() if p.requires_grad)
+
+
+def test_training_data_holds_out_whole_queries_and_respects_splits(data_dir, tmp_path):
+    import json
+
+    from trainer.config import DataConfig
+    from trainer.prepare import prepare_data
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"query": f"q{i}", "positive": f"p{i}", "split": "TRAIN" if i % 4 else "TEST"} for i in range(40)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = DataConfig(output_dir=str(tmp_path / "data"), beir_dirs=[str(data_dir / "MiniGSM")], beir_split="test",
+                     pair_files=[str(pairs)], heldout_fraction=0.25)
+    summary = prepare_data(cfg)
+    train, heldout = load_triples(tmp_path / "data" / "train.jsonl"), load_triples(tmp_path / "data" / "heldout.jsonl")
+    assert summary["sources"][str(pairs)] == {"train": 22, "heldout": 8, "triples_by_negatives": {0: 30}}
+    assert {t.query for t in train}.isdisjoint({t.query for t in heldout})
+    assert not {"q0", "q4"} & {t.query for t in train + heldout}  # TEST rows are never used
+    assert sum(len(t.negatives) == 1 for t in train + heldout) == 40  # the BEIR triples carry a BM25 negative
+    pairs.write_text('{"query": "q"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match="pairs.jsonl line 1"):
+        prepare_data(cfg)

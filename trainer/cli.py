@@ -1,4 +1,4 @@
-"""``searchr3-train sft|rl --config file.yaml`` (also ``searchr3-eval train ...``)."""
+"""``searchr3-train data|sft|rl --config file.yaml`` (also ``searchr3-eval train ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,15 @@ from searchr3_eval.errors import UserError
 
 
 def run_stage(stage: str, config: Path) -> int:
-    from trainer.config import RLConfig, SFTConfig, load_config
+    from trainer.config import DataConfig, RLConfig, SFTConfig, load_config
 
+    if stage == "data":
+        from trainer.prepare import prepare_data
+
+        data_cfg = load_config(config, DataConfig)
+        summary = prepare_data(data_cfg)
+        print(f"data: {summary['train']} training and {summary['heldout']} held-out triples -> {data_cfg.output_dir}")
+        return 0
     if stage == "sft":
         from trainer.sft import train_sft
 
@@ -25,7 +32,7 @@ def run_stage(stage: str, config: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="searchr3-train", description=__doc__)
-    parser.add_argument("stage", choices=["sft", "rl"])
+    parser.add_argument("stage", choices=["data", "sft", "rl"])
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
     try:

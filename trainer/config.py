@@ -28,6 +28,7 @@ class RunConfig:
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
+    train_layers: int | None = None  # train only the top N layers; the frozen lower layers' outputs are cached
     max_length: int = 256
     save_every: int = 50
     seed: int = 0
@@ -54,6 +55,21 @@ class SFTConfig(RunConfig):
     grad_accum: int = 1
     epochs: int = 1
     max_steps: int | None = None
+    eval_every: int | None = None  # held-out InfoNCE every N steps (and at the end); final = the best
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Training data assembled from several sources into ``<output_dir>/train.jsonl`` and ``heldout.jsonl``."""
+
+    output_dir: str
+    beir_dirs: list[str] = field(default_factory=list)  # BEIR folders: triples from their qrels, BM25 negatives
+    beir_split: str = "train"
+    pair_files: list[str] = field(default_factory=list)  # jsonl {"query", "positive", "negatives"?, "split"?}
+    keep_splits: list[str] = field(default_factory=lambda: ["TRAIN"])  # rows with a "split" field: which to keep
+    num_negatives: int = 1
+    heldout_fraction: float = 0.1  # of each source's distinct queries, for model selection
+    seed: int = 0
 
 
 @dataclass(kw_only=True)
@@ -77,7 +93,7 @@ T = TypeVar("T")
 CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "attn_implementation": ("auto", "eager", "sdpa"),
            "dtype": ("float32", "bfloat16")}
 POSITIVE = {"max_query_length", "max_document_length", "batch_size", "grad_accum", "epochs", "max_steps", "group_size", "steps", "max_length", "save_every",
-            "refresh_every", "top_k", "lora_r", "max_new_tokens", "ppo_epochs"}
+            "refresh_every", "top_k", "lora_r", "train_layers", "eval_every", "max_new_tokens", "ppo_epochs"}
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -88,6 +104,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return None
     if isinstance(value, dict) and LossWeights in options:
         return from_dict(LossWeights, value, prefix=f"{key}.")
+    if list[str] in options and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
     for kind in options:
         if kind is bool and isinstance(value, bool):
             return value
@@ -103,7 +121,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                     pass
         if kind is str and isinstance(value, str):
             return value
-    names = " or ".join("null" if k is type(None) else getattr(k, "__name__", str(k)) for k in options)
+    names = " or ".join("null" if k is type(None) else "a list of strings" if k == list[str]
+                        else getattr(k, "__name__", str(k)) for k in options)
     raise UserError(f"{key} must be {names}, not {value!r}")
 
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from searchr3_eval.errors import UserError
+from searchr3_eval.models.adapter import is_adapter, load_adapter, read_manifest, save_adapter
 from searchr3_eval.models.llm import (
-    cpu_has_native_bf16, last_hidden_states, load_causal_lm, padded_forward, resolve_device,
+    cpu_has_native_bf16, last_hidden_states, left_pad, load_causal_lm, lower_hidden_states, padded_forward,
+    resolve_device, upper_forward,
 )
 from searchr3_eval.models.searchr3 import SearchR3Encoder, add_embed_token, embed_token_id, stop_token_ids
 
@@ -35,28 +38,59 @@ class Policy:
     """Holds model, tokenizer, the prompt builder (a ``SearchR3Encoder``) and the frozen reference."""
 
     def __init__(self, model_path: str, *, lora: bool = False, lora_r: int = 8, lora_alpha: int = 16,
-                 max_length: int = 256, max_new_tokens: int = 32, dtype: str = "float32", mixed_precision: str = "no",
-                 attn_implementation: str = "auto", device: str = "auto"):
+                 train_layers: int | None = None, max_length: int = 256, max_new_tokens: int = 32,
+                 dtype: str = "float32", mixed_precision: str = "no", attn_implementation: str = "auto",
+                 device: str = "auto"):
         device = resolve_device(device)
         if attn_implementation == "auto":  # eager trains faster than sdpa on CPU (benchmarks/bench_sft_speed.py)
             attn_implementation = "eager" if device == "cpu" else "sdpa"
-        model, tokenizer, _, _ = load_causal_lm(model_path, dtype, attn_implementation, device)
-        self.bf16_autocast = resolve_mixed_precision(mixed_precision, device)
-        if embed_token_id(tokenizer) is None:
-            add_embed_token(model, tokenizer)
-        self.lora = lora
-        if lora:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules="all-linear"))
-            self.reference = None  # the reference is the model with its adapters disabled
+        if is_adapter(model_path):  # a saved adapter: keep training it (LoRA) or train its merged weights
+            self.base = read_manifest(model_path)["base"]
+            model, tokenizer = load_adapter(model_path, dtype, attn_implementation, device, trainable=lora)
+            self.base_vocab_size = read_manifest(model_path)["base_vocab_size"]
         else:
-            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+            self.base = model_path
+            model, tokenizer, _, _ = load_causal_lm(model_path, dtype, attn_implementation, device)
+            self.base_vocab_size = len(tokenizer)
+            if embed_token_id(tokenizer) is None:
+                add_embed_token(model, tokenizer)
+            if lora:
+                from peft import LoraConfig, get_peft_model
+
+                decoder_layers = self._causal_lm(model).base_model.layers
+                linear = sorted({name.rsplit(".", 1)[-1] for name, module in decoder_layers.named_modules()
+                                 if isinstance(module, torch.nn.Linear)})  # every linear layer of the decoder
+                top = list(range(len(decoder_layers) - train_layers, len(decoder_layers))) if train_layers else None
+                model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=linear,
+                                                         layers_to_transform=top))
+        self.bf16_autocast = resolve_mixed_precision(mixed_precision, device)
+        self.lora = lora
+        self.frozen_layers = self._freeze_below_top(model, train_layers) if train_layers else 0
+        self.lower_cache = LowerLayerCache(self._causal_lm(model), tokenizer.pad_token_id, self.frozen_layers,
+                                           self.autocast) if self.frozen_layers else None
+        # the reference is the model with its adapters disabled (LoRA), else a frozen copy
+        self.reference = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
         self.model, self.tokenizer = model, tokenizer
         self.prompter = SearchR3Encoder(model, tokenizer, max_length=max_length, max_new_tokens=max_new_tokens,
                                         show_progress=False)
         self.embed_id = self.prompter.embed_id
         self.stop_ids = stop_token_ids(tokenizer, self.embed_id)
+
+    def _freeze_below_top(self, model, train_layers: int) -> int:
+        """Train only the top ``train_layers`` decoder layers (their LoRA adapters, or their weights and the final
+        norm); everything below, embeddings included, is frozen, so its outputs can be cached. Returns how many layers
+        are frozen."""
+        decoder = self._causal_lm(model).base_model
+        frozen = len(decoder.layers) - train_layers
+        if frozen < 0:
+            raise UserError(f"train_layers {train_layers} is more than the model's {len(decoder.layers)} layers")
+        if self.lora:
+            decoder.layers[:frozen].requires_grad_(False)  # a loaded adapter may also have lower-layer weights
+        else:
+            model.requires_grad_(False)
+            decoder.layers[frozen:].requires_grad_(True)
+            decoder.norm.requires_grad_(True)
+        return frozen
 
     @staticmethod
     def _causal_lm(model):
@@ -78,8 +112,13 @@ class Policy:
             yield self.reference
 
     def forward(self, sequences: list[list[int]], model=None) -> Forward:
+        causal_lm, pad = self._causal_lm(model or self.model), self.tokenizer.pad_token_id
         with self.autocast():
-            hidden, ids = padded_forward(self._causal_lm(model or self.model), sequences, self.tokenizer.pad_token_id)
+            if self.lower_cache is not None:  # only the trained top layers run; the frozen ones' outputs are cached
+                hidden = upper_forward(causal_lm, self.lower_cache(sequences), self.frozen_layers)
+                ids = left_pad(sequences, pad)[0].to(hidden.device)
+            else:
+                hidden, ids = padded_forward(causal_lm, sequences, pad)
         return Forward(F.normalize(hidden[:, -1].float(), dim=-1), hidden, ids)
 
     def span_logprobs(self, out: Forward, span: torch.Tensor, model=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,9 +155,34 @@ class Policy:
         return torch.cat(out) if out else torch.zeros(0)
 
     def save(self, folder: Path) -> None:
+        """A LoRA policy is saved as a small adapter over its base (``searchr3_eval.models.adapter``); a fully
+        fine-tuned one as a Hugging Face folder with its tokenizer."""
         folder.mkdir(parents=True, exist_ok=True)
-        model = self.model.merge_and_unload() if self.lora else self.model
-        model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
-        if self.lora:  # merging folded the adapters into the weights; keep using the merged model
-            self.model = model
+        if self.lora:
+            save_adapter(self.model, folder, self.base, self.base_vocab_size)
+        else:
+            self.model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+
+
+class LowerLayerCache:
+    """The frozen lower layers' output states of each token sequence, computed once: they cannot change while only
+    the layers above train. Stored per sequence (padding removed) in the forward's dtype."""
+
+    def __init__(self, causal_lm, pad_id: int, n_layers: int, autocast, batch_tokens: int = 8192):
+        self.causal_lm, self.pad_id, self.n_layers, self.autocast = causal_lm, pad_id, n_layers, autocast
+        self.batch_tokens = batch_tokens
+        self.states: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        missing = sorted({tuple(s) for s in sequences} - self.states.keys(), key=len, reverse=True)
+        start = 0
+        while start < len(missing):  # longest first, under a padded-token budget
+            end = start + max(1, self.batch_tokens // len(missing[start]))
+            chunk = [list(s) for s in missing[start:end]]
+            with self.autocast():
+                states = lower_hidden_states(self.causal_lm, chunk, self.pad_id, self.n_layers)
+            for seq, state in zip(missing[start:end], states):
+                self.states[seq] = state.clone()
+            start = end
+        return [self.states[tuple(s)] for s in sequences]

@@ -31,9 +31,14 @@ def training_triples(cfg: SFTConfig) -> list[Triple]:
 
 
 def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dict[str, torch.Tensor], int]:
-    """All loss terms for one batch, and the number of tokens it processed."""
-    n_neg = min([cfg.num_negatives, *(len(t.negatives) for t in batch)])
-    docs = [t.positive for t in batch] + [n for t in batch for n in t.negatives[:n_neg]]
+    """All loss terms for one batch, and the number of tokens it processed. Triples may carry different numbers of
+    hard negatives (up to ``num_negatives`` each): InfoNCE scores every query against all positives and negatives of
+    the batch, the triplet term pairs each negative with its own query."""
+    docs, owners = [t.positive for t in batch], []
+    for row, t in enumerate(batch):
+        for negative in t.negatives[: cfg.num_negatives]:
+            docs.append(negative)
+            owners.append(row)
     q_seq, q_answer = policy.direct_sequences([t.query for t in batch], "query", cfg.max_query_length)
     d_seq, d_answer = policy.direct_sequences(docs, "document", cfg.max_document_length)
     sequences, answers = q_seq + d_seq, q_answer + d_answer
@@ -45,14 +50,14 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
         with torch.no_grad(), policy.reference_model() as reference:
             ref_logprobs, _ = policy.span_logprobs(policy.forward(sequences, reference), span, reference)
         kl = token_kl(logprobs, ref_logprobs)
-    size, dim = len(batch), out.embeddings.shape[1]
-    queries, positives = out.embeddings[:size], out.embeddings[size : 2 * size]
-    negatives = out.embeddings[2 * size :].reshape(size, n_neg, dim)
+    size = len(batch)
+    queries, positives, negatives = out.embeddings[:size], out.embeddings[size : 2 * size], out.embeddings[2 * size :]
     terms = {
         "sft": answer_cross_entropy(logprobs, targets),
         "kl": kl,
-        "infonce": info_nce(queries, positives, negatives.reshape(-1, dim), cfg.temperature),
-        "triplet": triplet(queries, positives, negatives, cfg.margin) if n_neg else torch.zeros_like(kl),
+        "infonce": info_nce(queries, positives, negatives, cfg.temperature),
+        "triplet": triplet(queries[owners], positives[owners], negatives[:, None, :], cfg.margin) if owners
+        else torch.zeros_like(kl),
     }
     w = cfg.weights
     terms["total"] = w.sft * terms["sft"] + w.kl * terms["kl"] + w.infonce * terms["infonce"] + w.triplet * terms["triplet"]
@@ -91,13 +96,14 @@ def save_checkpoint(policy: Policy, optimizer, step: int, folder: Path) -> None:
 
 
 def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
-    """Train, checkpointing every ``save_every`` steps; an existing checkpoint is resumed."""
+    """Train, checkpointing every ``save_every`` steps; an existing checkpoint is resumed. With an ``eval_file`` the
+    held-out InfoNCE is measured every ``eval_every`` steps and ``final`` is the checkpoint where it was lowest."""
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     triples = training_triples(cfg)
     policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                    max_length=cfg.max_length, dtype=cfg.dtype, mixed_precision=cfg.mixed_precision,
-                    attn_implementation=cfg.attn_implementation, device=cfg.device)
+                    train_layers=cfg.train_layers, max_length=cfg.max_length, dtype=cfg.dtype,
+                    mixed_precision=cfg.mixed_precision, attn_implementation=cfg.attn_implementation, device=cfg.device)
     optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size) / cfg.grad_accum)
     checkpoint = out / "checkpoint"
@@ -108,7 +114,9 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
     heldout = load_triples(cfg.eval_file) if cfg.eval_file else None
-    at_start = heldout_infonce(policy, heldout, cfg.temperature) if heldout else None
+    evals = CSVLog(out / "heldout_log.csv", ["step", "heldout_infonce"]) if heldout else None
+    if evals is not None and not evals.rows():
+        evals.append({"step": 0, "heldout_infonce": heldout_infonce(policy, heldout, cfg.temperature)})
     log = CSVLog(out / "loss_log.csv", COLUMNS)
     for step in tqdm(range(step, total_steps), desc="sft", initial=step, total=total_steps, disable=not show_progress):
         policy.model.train()
@@ -123,13 +131,33 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         log.append({"step": step + 1, **sums, "tokens_per_second": tokens / (time.perf_counter() - start)})
+        if evals is not None and ((step + 1) % (cfg.eval_every or total_steps) == 0 or step + 1 == total_steps):
+            _evaluate_and_keep_best(policy, heldout, cfg, step + 1, evals, out / "final")
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             save_checkpoint(policy, optimizer, step + 1, checkpoint)
     save_checkpoint(policy, optimizer, total_steps, checkpoint)
-    policy.save(out / "final")
+    if evals is None:
+        policy.save(out / "final")
     plot_log(log, out / "loss_plot.png")
     summary = {"steps": total_steps, "model": str(out / "final"), "log": str(log.path)}
-    if heldout:
-        summary["heldout_infonce"] = {"at_start": at_start, "at_end": heldout_infonce(policy, heldout, cfg.temperature)}
+    if evals is not None:
+        rows = [(int(r["step"]), float(r["heldout_infonce"])) for r in evals.rows()]
+        best = min(rows[1:], key=lambda r: r[1])
+        summary["heldout_infonce"] = {"at_start": rows[0][1], "at_end": rows[-1][1], "best": best[1], "best_step": best[0]}
         atomic_write_json(out / "eval.json", summary)
     return summary
+
+
+def _evaluate_and_keep_best(policy: Policy, heldout: list[Triple], cfg: SFTConfig, step: int, evals: CSVLog,
+                            final: Path) -> None:
+    """Log the held-out InfoNCE at ``step``; save the model to ``final`` when it is the lowest after step 0."""
+    earlier = [float(r["heldout_infonce"]) for r in evals.rows() if int(r["step"]) not in (0, step)]
+    value = heldout_infonce(policy, heldout, cfg.temperature)
+    if not any(int(r["step"]) == step for r in evals.rows()):
+        evals.append({"step": step, "heldout_infonce": value})
+    if not earlier or value < min(earlier) or not final.exists():
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.save(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)

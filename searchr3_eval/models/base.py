@@ -84,10 +84,13 @@ class DenseEncoder(ABC):
         """Everything besides the weights that changes the embeddings (part of the cache key)."""
         return {}
 
-    @property
-    def cache_key(self) -> str:
-        blob = json.dumps([type(self).__name__, self.name, self.revision, self.settings], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    def embedding_settings(self, kind: Kind) -> dict:
+        """The settings that change embeddings of ``kind`` (by default all of them)."""
+        return self.settings
+
+    def cache_key(self, kind: Kind) -> str:
+        blob = json.dumps([type(self).__name__, self.name, self.revision, self.embedding_settings(kind)], sort_keys=True)
+        return f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}:{kind}"
 
     @abstractmethod
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, list[str] | None]:
@@ -102,7 +105,7 @@ class DenseEncoder(ABC):
         ``batch_size`` texts and ``batch_tokens`` padded tokens."""
         start, generation_start = time.perf_counter(), self.generation_seconds
         hashes = [text_hash(t) for t in texts]
-        key = f"{self.cache_key}:{kind}"
+        key = self.cache_key(kind)
         cached = self.cache.get(key, list(set(hashes))) if self.cache else {}
         todo = list({h: i for i, h in enumerate(hashes) if h not in cached}.values())
         lengths = self.text_lengths([texts[i] for i in todo], kind) if todo else []

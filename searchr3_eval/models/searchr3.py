@@ -143,6 +143,13 @@ class SearchR3Encoder(DenseEncoder):
         return searchr3_settings(self.reasoning, self.max_length, self.max_new_tokens, self.prompts, dtype, self.backend,
                                  self.add_embed_token)
 
+    def embedding_settings(self, kind: Kind) -> dict:
+        """A kind embedded directly does not depend on the reasoning settings: with ``--reasoning on`` the documents
+        share their cached embeddings with ``--reasoning off``."""
+        if self.reasons(kind):
+            return self.settings
+        return {**self.settings, "reasoning": "off", "max_new_tokens": None, "backend": None}
+
     def reasons(self, kind: Kind) -> bool:
         return self.reasoning == "all" or (self.reasoning == "on" and kind == "query")
 

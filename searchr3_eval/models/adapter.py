@@ -1,0 +1,88 @@
+"""A trained Search-R3 model kept small: a LoRA adapter plus the embed token's embedding rows, over a base LLM.
+
+The folder holds peft's ``adapter_config.json`` and ``adapter_model.safetensors``, ``embed_rows.safetensors`` (the
+input, and if untied output, embedding rows of the tokens added to the base vocabulary) and ``searchr3_adapter.json``
+(the base model spec). Models shipped in the package live under ``searchr3_eval/weights/<name>`` and load as
+``searchr3:<name>``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from searchr3_eval.atomic import atomic_write_text
+from searchr3_eval.errors import UserError
+
+MANIFEST = "searchr3_adapter.json"
+ROWS_FILE = "embed_rows.safetensors"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def shipped_model(name: str) -> Path | None:
+    """The packaged adapter folder called ``name``, if there is one."""
+    folder = SHIPPED_DIR / name
+    return folder if "/" not in name and is_adapter(folder) else None
+
+
+def read_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["base"]
+        manifest["base_vocab_size"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a readable Search-R3 adapter manifest ({exc})") from exc
+    return manifest
+
+
+def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int) -> None:
+    """Write the adapter, the added tokens' embedding rows and the manifest (the tokenizer is the base's plus the
+    embed token, so it is not saved)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    peft_model.save_pretrained(folder, save_embedding_layers=False)  # the added rows are saved below
+    model = peft_model.get_base_model()
+    rows = {"input": model.get_input_embeddings().weight[base_vocab_size:].detach().float().cpu().contiguous()}
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        rows["output"] = output.weight[base_vocab_size:].detach().float().cpu().contiguous()
+    save_file(rows, str(folder / ROWS_FILE))
+    atomic_write_text(folder / MANIFEST, json.dumps({"base": base, "base_vocab_size": base_vocab_size}, indent=2) + "\n")
+
+
+def load_adapter(folder: str | Path, dtype: str, attn_implementation: str | None, device: str,
+                 trainable: bool = False):
+    """(model, tokenizer): the base with the embed token, its saved rows and the adapter. For inference the adapter is
+    merged in float32 and the result cast to ``dtype``; ``trainable`` keeps a float32 peft model to train further."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from searchr3_eval.models.llm import DTYPES, load_causal_lm, resolve_device, resolve_dtype
+    from searchr3_eval.models.searchr3 import add_embed_token
+
+    manifest = read_manifest(folder)
+    model, tokenizer, _, _ = load_causal_lm(manifest["base"], "float32", attn_implementation, device)
+    if len(tokenizer) != manifest["base_vocab_size"]:
+        raise UserError(f"{folder}: base {manifest['base']!r} has {len(tokenizer)} tokens, the adapter expects "
+                        f"{manifest['base_vocab_size']}")
+    add_embed_token(model, tokenizer)
+    rows = load_file(str(Path(folder) / ROWS_FILE))
+    with torch.no_grad():
+        model.get_input_embeddings().weight[manifest["base_vocab_size"]:] = rows["input"]
+        if "output" in rows:
+            model.get_output_embeddings().weight[manifest["base_vocab_size"]:] = rows["output"]
+    try:
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"could not load the adapter in {folder}: {exc}") from exc
+    if trainable:
+        return model, tokenizer
+    model = model.merge_and_unload()
+    return model.to(DTYPES[resolve_dtype(dtype, resolve_device(device))]).eval(), tokenizer

@@ -1,0 +1,69 @@
+"""Training data from several sources: triples mined from BEIR train qrels (BM25 hard negatives) and pair files, each
+source split by distinct query into train and a held-out slice for model selection."""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from searchr3_eval.atomic import atomic_write, atomic_write_json
+from searchr3_eval.data import load_beir_folder
+from searchr3_eval.errors import UserError
+from trainer.config import DataConfig
+from trainer.data import Triple, mine_bm25_triples, write_triples
+
+
+def load_pairs(path: str | Path, keep_splits: list[str]) -> list[Triple]:
+    """Rows ``{"query", "positive", "negatives"?}``; a row with a ``split`` field is kept only if it is in ``keep_splits``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing file: {path}")
+    triples = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if "split" in row and row["split"] not in keep_splits:
+                continue
+            triples.append(Triple(str(row["query"]), str(row["positive"]), [str(n) for n in row.get("negatives", [])]))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{path} line {line_no}: expected {{\"query\", \"positive\"}} ({exc})") from exc
+    return triples
+
+
+def split_by_query(triples: list[Triple], fraction: float, rng: random.Random) -> tuple[list[Triple], list[Triple]]:
+    """(train, held out): a ``fraction`` of the distinct queries, with all their triples, is held out."""
+    queries = sorted({t.query for t in triples})
+    held = set(rng.sample(queries, round(len(queries) * fraction)))
+    return [t for t in triples if t.query not in held], [t for t in triples if t.query in held]
+
+
+def prepare_data(cfg: DataConfig) -> dict:
+    """Write ``train.jsonl`` (shuffled), ``heldout.jsonl`` and ``summary.json`` (counts per source) to ``output_dir``."""
+    if not 0 <= cfg.heldout_fraction < 1:
+        raise UserError(f"heldout_fraction must be in [0, 1), not {cfg.heldout_fraction}")
+    sources = {}
+    for folder in cfg.beir_dirs:
+        sources[folder] = mine_bm25_triples(load_beir_folder(Path(folder), cfg.beir_split), cfg.num_negatives, cfg.seed)
+    for path in cfg.pair_files:
+        sources[path] = [Triple(t.query, t.positive, t.negatives[: cfg.num_negatives])
+                         for t in load_pairs(path, cfg.keep_splits)]
+    if not sources:
+        raise UserError("the data config needs beir_dirs or pair_files")
+    rng = random.Random(cfg.seed)
+    train, heldout, counts = [], [], {}
+    for name, triples in sources.items():
+        kept, held = split_by_query(triples, cfg.heldout_fraction, rng)
+        train += kept
+        heldout += held
+        negatives = Counter(len(t.negatives) for t in triples)
+        counts[name] = {"train": len(kept), "heldout": len(held), "triples_by_negatives": dict(sorted(negatives.items()))}
+    rng.shuffle(train)
+    out = Path(cfg.output_dir)
+    atomic_write(out / "train.jsonl", lambda tmp: write_triples(tmp, train))
+    atomic_write(out / "heldout.jsonl", lambda tmp: write_triples(tmp, heldout))
+    summary = {"train": len(train), "heldout": len(heldout), "sources": counts}
+    atomic_write_json(out / "summary.json", summary)
+    return summary
