@@ -15,6 +15,14 @@ def _umask() -> int:
     return mask
 
 
+def normal_permissions(folder: str | Path) -> None:
+    """Give the files directly in ``folder`` the permissions a plain write would (some writers leave 0600)."""
+    mode = 0o666 & ~_umask()
+    for file in Path(folder).iterdir():
+        if file.is_file():
+            os.chmod(file, mode)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename, with normal permissions
     (0644 under umask 022; ``mkstemp`` alone would leave 0600)."""

@@ -74,7 +74,8 @@ def test_sft_lowers_heldout_contrastive_loss_and_resumes(tiny_model_dir, tmp_pat
     write_triples(tmp_path / "heldout.jsonl", heldout)
     cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
                     eval_file=str(tmp_path / "heldout.jsonl"),
-                    learning_rate=1e-2, batch_size=16, max_steps=30, save_every=10, temperature=0.1, max_length=160)
+                    learning_rate=1e-2, batch_size=16, max_steps=30, save_every=10, temperature=0.1, max_length=160,
+                    mixed_precision="no")
     before = heldout_infonce(Policy(str(tiny_model_dir), max_length=160), heldout, 0.1)
     summary = train_sft(cfg, show_progress=False)
     trained = SearchR3Encoder.from_pretrained(summary["model"], max_length=160, show_progress=False)
@@ -112,19 +113,29 @@ def test_environment_partial_refresh_tracks_a_fresh_index():
     assert list(env.ranks(queries, ["d0", "d1", "d2", "d3", "d4"])) == [1, 1, 1, 1, 1]
 
 
-def test_rl_improves_retrieval_not_just_the_format_reward(tiny_model_dir, tmp_path):
-    """With the format reward off, the reward is the positive's reciprocal rank: GRPO must raise it."""
+def test_grpo_update_favours_the_rollouts_that_rank_the_positive_higher(tiny_model_dir, tmp_path):
+    """With the format reward off the reward is the positive's reciprocal rank alone; one GRPO update must raise the
+    log-probability of the rollouts whose embeddings ranked the positive above their group's mean, and lower the rest.
+    (An end-to-end "retrieval improves in N steps" check on the tiny random model depends on the sampling seed: over
+    four seeds 30 steps moved the mean reciprocal rank by -0.08 to +0.05, so it is not a test.)"""
     triples = keyword_triples(3, 8)
-    write_triples(tmp_path / "rl.jsonl", triples)
-    cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), train_file=str(tmp_path / "rl.jsonl"),
-                   group_size=8, max_new_tokens=12, learning_rate=1e-3, batch_size=4, steps=30, format_reward=0.0,
-                   max_length=200, kl_beta=0.0)
+    cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), group_size=8, max_new_tokens=12,
+                   learning_rate=1e-3, format_reward=0.0, max_length=200, kl_beta=0.0, mixed_precision="no")
     trainer = GRPOTrainer(cfg, triples)
-    before = trainer.evaluate(group_size=8)
-    logs = [trainer.step(triples[i : i + 4], trainer.positive_ids[i : i + 4]) for s in range(cfg.steps) for i in [4 * (s % 2)]]
-    after = trainer.evaluate(group_size=8)
-    assert after > before + 0.15, (before, after, [round(x["mean_rr"], 2) for x in logs])
-    assert all(0 < x["refreshed_docs"] <= 16 for x in logs)
+    rollouts = trainer.rollout([t.query for t in triples[:4]], cfg.group_size, torch.Generator().manual_seed(0))
+    rewards, reciprocal = trainer.rewards(rollouts, [p for p in trainer.positive_ids[:4] for _ in range(cfg.group_size)])
+    np.testing.assert_array_equal(rewards, reciprocal)  # nothing from the format reward
+    with torch.no_grad():
+        before = trainer.action_logprobs(rollouts, trainer.policy.model).sum(1)
+    trainer.update(rollouts, rewards)
+    with torch.no_grad():
+        change = (trainer.action_logprobs(rollouts, trainer.policy.model).sum(1) - before).numpy()
+    grouped = rewards.reshape(4, cfg.group_size)
+    advantage = (grouped - grouped.mean(1, keepdims=True)).reshape(-1)
+    informative = advantage != 0
+    assert informative.sum() >= 8
+    assert np.corrcoef(advantage[informative], change[informative])[0, 1] > 0.5
+    assert change[advantage > 0].mean() > 0 > change[advantage < 0].mean()
 
 
 def test_config_values_are_type_checked(tmp_path):
@@ -195,7 +206,8 @@ def test_shipped_configs_load_and_point_at_the_shared_data(shared_beir):
     assert data.beir_split != "test" and "TEST" not in data.keep_splits and not any("test" in f for f in data.pair_files)
     assert sft.train_file == str(Path(data.output_dir) / "train.jsonl")
     assert sft.eval_file == str(Path(data.output_dir) / "heldout.jsonl")
-    assert (root / rl.train_file).is_file() and rl.model == str(Path(sft.output_dir) / "final")
+    assert (root / rl.beir_dir / "qrels" / f"{rl.beir_split}.tsv").is_file() and rl.beir_split != "test"
+    assert rl.model == str(Path(sft.output_dir) / "final") and rl.train_layers == sft.train_layers
 
 
 def test_trainer_device_is_validated_with_the_config(tmp_path):
@@ -234,10 +246,11 @@ def test_lora_sft_saves_a_small_adapter_that_the_evaluator_loads(tiny_model_dir,
     write_triples(tmp_path / "heldout.jsonl", keyword_triples(2, 32))
     cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
                     eval_file=str(tmp_path / "heldout.jsonl"), lora=True, lora_r=4, train_layers=1, learning_rate=1e-2,
-                    batch_size=16, max_steps=20, eval_every=5, temperature=0.1, max_length=160)
+                    batch_size=16, max_steps=20, eval_every=5, temperature=0.1, max_length=160, mixed_precision="no")
     summary = train_sft(cfg, show_progress=False)
     final = tmp_path / "out" / "final"
     assert is_adapter(final) and not (final / "model.safetensors").exists()
+    assert all(f.stat().st_mode & 0o644 == 0o644 for f in final.iterdir())  # readable like any written file
     assert summary["heldout_infonce"]["best"] < summary["heldout_infonce"]["at_start"] - 0.1, summary
     assert len((tmp_path / "out" / "heldout_log.csv").read_text().splitlines()) == 1 + 5  # step 0, 5, 10, 15, 20
     encoder = SearchR3Encoder.from_pretrained(str(final), max_length=160, show_progress=False)
@@ -270,3 +283,19 @@ def test_training_data_holds_out_whole_queries_and_respects_splits(data_dir, tmp
     pairs.write_text('{"query": "q"}\n', encoding="utf-8")
     with pytest.raises(UserError, match="pairs.jsonl line 1"):
         prepare_data(cfg)
+
+
+def test_rl_over_a_beir_corpus_caches_only_the_documents_lower_layers(tiny_model_dir, data_dir, tmp_path):
+    from trainer.rl import beir_training_set
+
+    triples, corpus = beir_training_set(data_dir / "MiniGSM", "test")
+    assert len(corpus.doc_ids) == 40 and len(triples) == 40 and set(corpus.positive_ids) <= set(corpus.doc_ids)
+    cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), beir_dir=str(data_dir / "MiniGSM"),
+                   group_size=2, max_new_tokens=6, batch_size=2, steps=2, max_length=200, lora=True, train_layers=1,
+                   refresh_every=8, top_k=3)
+    trainer = GRPOTrainer(cfg, triples, corpus)
+    documents = len(trainer.policy.lower_cache.states)
+    assert documents == len(set(corpus.doc_texts))  # the whole index was built through the cache
+    log = trainer.step(triples[:2], corpus.positive_ids[:2])
+    assert 5 <= log["refreshed_docs"] < 40  # 40/8 round-robin + positives + top-3 candidates, not the whole corpus
+    assert len(trainer.policy.lower_cache.states) == documents  # rollouts were not kept

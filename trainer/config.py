@@ -47,6 +47,7 @@ class SFTConfig(RunConfig):
     num_negatives: int = 1
     max_query_length: int | None = None  # per-role caps (tokens of the whole sequence); default max_length
     max_document_length: int | None = None
+    batch_tokens: int = 4096  # padded tokens per forward chunk (a batch runs longest first in such chunks)
     weights: LossWeights = field(default_factory=LossWeights)
     temperature: float = 0.05
     margin: float = 0.2
@@ -74,7 +75,10 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class RLConfig(RunConfig):
-    train_file: str  # jsonl triples; queries are the prompts, positives and negatives the corpus
+    train_file: str | None = None  # jsonl triples; queries are the prompts, positives and negatives the corpus
+    beir_dir: str | None = None  # or a BEIR folder: its beir_split qrels give the queries, its whole corpus the index
+    beir_split: str = "train"
+    max_document_length: int | None = None  # cap on the environment's document sequences
     group_size: int = 4
     max_new_tokens: int = 32
     temperature: float = 1.0
@@ -93,7 +97,7 @@ T = TypeVar("T")
 CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "attn_implementation": ("auto", "eager", "sdpa"),
            "dtype": ("float32", "bfloat16")}
 POSITIVE = {"max_query_length", "max_document_length", "batch_size", "grad_accum", "epochs", "max_steps", "group_size", "steps", "max_length", "save_every",
-            "refresh_every", "top_k", "lora_r", "train_layers", "eval_every", "max_new_tokens", "ppo_epochs"}
+            "refresh_every", "top_k", "lora_r", "train_layers", "eval_every", "batch_tokens", "max_new_tokens", "ppo_epochs"}
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

@@ -26,18 +26,22 @@ class CSVLog:
 
 
 def plot_log(log: CSVLog, path: Path, x: str = "step") -> Path:
+    """Losses and rewards in the top panel; throughput, timing and count columns (their scale differs) below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = log.rows()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for column in log.columns:
-        if column != x and rows and rows[0].get(column) not in ("", None):
+    columns = [c for c in log.columns if c != x and rows and rows[0].get(c) not in ("", None)]
+    lower = [c for c in columns if "second" in c or c.endswith("_docs")]
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
+    for ax, group in ((axes[0], [c for c in columns if c not in lower]), (axes[1], lower)):
+        for column in group:
             ax.plot([float(r[x]) for r in rows], [float(r[column]) for r in rows], label=column)
-    ax.set_xlabel(x)
-    ax.legend(fontsize=8)
+        if group:
+            ax.legend(fontsize=8)
+    axes[1].set_xlabel(x)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

@@ -111,15 +111,47 @@ class Policy:
         else:
             yield self.reference
 
-    def forward(self, sequences: list[list[int]], model=None) -> Forward:
+    def forward(self, sequences: list[list[int]], model=None, keep_lower: bool = True) -> Forward:
+        """Final hidden states and embeddings of a left-padded batch. With ``train_layers`` only the top layers run;
+        the frozen layers' outputs come from the cache (``keep_lower=False``: computed without keeping them, for
+        one-off sequences such as sampled rollouts)."""
         causal_lm, pad = self._causal_lm(model or self.model), self.tokenizer.pad_token_id
         with self.autocast():
-            if self.lower_cache is not None:  # only the trained top layers run; the frozen ones' outputs are cached
-                hidden = upper_forward(causal_lm, self.lower_cache(sequences), self.frozen_layers)
+            if self.lower_cache is not None:
+                hidden = upper_forward(causal_lm, self.lower_cache(sequences, keep_lower), self.frozen_layers)
                 ids = left_pad(sequences, pad)[0].to(hidden.device)
             else:
                 hidden, ids = padded_forward(causal_lm, sequences, pad)
         return Forward(F.normalize(hidden[:, -1].float(), dim=-1), hidden, ids)
+
+    def answer_forward(self, sequences: list[list[int]], answers: list[int], model=None,
+                       batch_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embeddings [B, H] (in input order) and the log-probabilities [N, V] and targets [N] of each sequence's last
+        ``answers[i]`` tokens. Sequences run longest first in chunks of at most ``batch_tokens`` padded tokens, so a
+        short query is never padded to a long document's length (the graph of every chunk is kept for backward)."""
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        rows: dict[int, torch.Tensor] = {}
+        logprobs, targets = [], []
+        start = 0
+        while start < len(order):
+            end = start + max(1, batch_tokens // len(sequences[order[start]]))
+            chunk = order[start:end]
+            seqs = [sequences[i] for i in chunk]
+            out = self.forward(seqs, model)
+            lp, tg = self.span_logprobs(out, self.last_tokens_mask(seqs, [answers[i] for i in chunk]), model)
+            logprobs.append(lp)
+            targets.append(tg)
+            rows.update(zip(chunk, out.embeddings))
+            start = end
+        return torch.stack([rows[i] for i in range(len(sequences))]), torch.cat(logprobs), torch.cat(targets)
+
+    @torch.no_grad()
+    def embed(self, texts: list[str], kind: str, max_length: int | None = None, batch_tokens: int = 4096) -> torch.Tensor:
+        """Direct-mode embeddings [N, H] through the training forward (autocast, lower-layer cache), longest first in
+        chunks of ``batch_tokens`` padded tokens."""
+        self.model.eval()
+        sequences, answers = self.direct_sequences(texts, kind, max_length)
+        return self.answer_forward(sequences, answers, batch_tokens=batch_tokens)[0].float()
 
     def span_logprobs(self, out: Forward, span: torch.Tensor, model=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities [N, V] and targets [N] of the tokens where ``span`` ([B, T] bool) is true."""
@@ -167,22 +199,26 @@ class Policy:
 
 class LowerLayerCache:
     """The frozen lower layers' output states of each token sequence, computed once: they cannot change while only
-    the layers above train. Stored per sequence (padding removed) in the forward's dtype."""
+    the layers above train. Stored per sequence (padding removed); in bf16 under bf16 autocast (half the memory)."""
 
     def __init__(self, causal_lm, pad_id: int, n_layers: int, autocast, batch_tokens: int = 8192):
         self.causal_lm, self.pad_id, self.n_layers, self.autocast = causal_lm, pad_id, n_layers, autocast
         self.batch_tokens = batch_tokens
         self.states: dict[tuple[int, ...], torch.Tensor] = {}
 
-    def __call__(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+    def __call__(self, sequences: list[list[int]], keep: bool = True) -> list[torch.Tensor]:
+        if not keep:
+            with self.autocast():
+                return lower_hidden_states(self.causal_lm, sequences, self.pad_id, self.n_layers)
         missing = sorted({tuple(s) for s in sequences} - self.states.keys(), key=len, reverse=True)
         start = 0
         while start < len(missing):  # longest first, under a padded-token budget
             end = start + max(1, self.batch_tokens // len(missing[start]))
             chunk = [list(s) for s in missing[start:end]]
-            with self.autocast():
+            with self.autocast() as autocast:
                 states = lower_hidden_states(self.causal_lm, chunk, self.pad_id, self.n_layers)
+            dtype = torch.bfloat16 if autocast is not None else None  # bf16 residuals, as a bf16 model has them
             for seq, state in zip(missing[start:end], states):
-                self.states[seq] = state.clone()
+                self.states[seq] = state.to(dtype=dtype, copy=True)
             start = end
         return [self.states[tuple(s)] for s in sequences]

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from searchr3_eval.data import document_text, load_beir_folder
+from searchr3_eval.errors import UserError
 from searchr3_eval.models.llm import left_pad
 from trainer.config import RLConfig
 from trainer.data import Triple, load_triples
@@ -44,18 +46,53 @@ def corpus_from_triples(triples: list[Triple]) -> tuple[list[str], list[str], li
     return list(ids.values()), list(ids), [ids[t.positive] for t in triples]
 
 
+@dataclass
+class Corpus:
+    """The environment's documents and, per training query, the id of its positive."""
+
+    doc_ids: list[str]
+    doc_texts: list[str]
+    positive_ids: list[str]
+
+
+def beir_training_set(folder: Path, split: str) -> tuple[list[Triple], Corpus]:
+    """One (query, positive) per judged pair of ``split``; the environment is the folder's whole corpus."""
+    task = load_beir_folder(folder, split)
+    triples, positive_ids = [], []
+    for qid, judged in task.qrels.items():
+        for doc_id, grade in judged.items():
+            if grade > 0 and doc_id in task.corpus:
+                triples.append(Triple(task.queries[qid], document_text(task.corpus[doc_id]), []))
+                positive_ids.append(doc_id)
+    doc_ids = list(task.corpus)
+    return triples, Corpus(doc_ids, [document_text(task.corpus[d]) for d in doc_ids], positive_ids)
+
+
+def training_set(cfg: RLConfig) -> tuple[list[Triple], Corpus]:
+    if cfg.beir_dir:
+        return beir_training_set(Path(cfg.beir_dir), cfg.beir_split)
+    if not cfg.train_file:
+        raise UserError("the RL config needs train_file or beir_dir")
+    triples = load_triples(cfg.train_file)
+    return triples, Corpus(*corpus_from_triples(triples))
+
+
 class GRPOTrainer:
-    def __init__(self, cfg: RLConfig, triples: list[Triple]):
+    def __init__(self, cfg: RLConfig, triples: list[Triple], corpus: Corpus | None = None):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.triples = triples
         self.policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                             max_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype,
-                             mixed_precision=cfg.mixed_precision, attn_implementation=cfg.attn_implementation,
-                             device=cfg.device)
-        doc_ids, doc_texts, self.positive_ids = corpus_from_triples(triples)
-        self.env = RetrievalEnvironment(doc_ids, doc_texts, lambda texts: self.policy.encode(texts, "document"),
+                             train_layers=cfg.train_layers, max_length=cfg.max_length,
+                             max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype, mixed_precision=cfg.mixed_precision,
+                             attn_implementation=cfg.attn_implementation, device=cfg.device)
+        corpus = corpus or Corpus(*corpus_from_triples(triples))
+        self.positive_ids = corpus.positive_ids
+        # documents go through the training forward: with train_layers their frozen lower layers are computed once,
+        # so a refresh re-runs only the trained top layers
+        self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts,
+                                        lambda texts: self.policy.embed(texts, "document", cfg.max_document_length),
                                         top_k=cfg.top_k, refresh_every=cfg.refresh_every)
         self.optimizer = torch.optim.AdamW([p for p in self.policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
         self.stop_ids = self.policy.stop_ids
@@ -67,11 +104,12 @@ class GRPOTrainer:
         model.eval()
         prompts = [p for p in self.policy.prompter.generation_prompts(queries, "query") for _ in range(group_size)]
         ids, mask = (t.to(model.device) for t in left_pad(prompts, pad))
-        if generator is not None:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens, do_sample=True,
-                             temperature=self.cfg.temperature, top_k=0, top_p=1.0, eos_token_id=self.stop_ids,
-                             pad_token_id=pad)
+        with torch.random.fork_rng(enabled=generator is not None):  # a seeded rollout leaves the training RNG alone
+            if generator is not None:
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens,
+                                 do_sample=True, temperature=self.cfg.temperature, top_k=0, top_p=1.0,
+                                 eos_token_id=self.stop_ids, pad_token_id=pad)
         actions, emitted, sequences = [], [], []
         for prompt, row in zip(prompts, out[:, ids.shape[1] :].tolist()):
             cut = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
@@ -80,7 +118,7 @@ class GRPOTrainer:
             actions.append(action)
             emitted.append(cut is not None and row[cut] == self.policy.embed_id)
             sequences.append(prompt + analysis + [self.policy.embed_id])
-        embeddings = self.policy.forward(sequences).embeddings.float().cpu().numpy()
+        embeddings = self.policy.forward(sequences, keep_lower=False).embeddings.float().cpu().numpy()
         return Rollouts(prompts, actions, emitted, embeddings)
 
     def rewards(self, rollouts: Rollouts, positive_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +128,7 @@ class GRPOTrainer:
     def action_logprobs(self, rollouts: Rollouts, model) -> torch.Tensor:
         """Per-token log-probabilities of the actions, [B, A] with zeros where there is no token."""
         sequences = [p + a for p, a in zip(rollouts.prompts, rollouts.actions)]
-        out = self.policy.forward(sequences, model)
+        out = self.policy.forward(sequences, model, keep_lower=False)
         span = self.policy.last_tokens_mask(sequences, [len(a) for a in rollouts.actions])
         logprobs, targets = self.policy.span_logprobs(out, span, model)
         chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
@@ -105,7 +143,19 @@ class GRPOTrainer:
         group_positives = [p for p in positive_ids for _ in range(cfg.group_size)]
         refresh = self.env.refresh_for_batch(rollouts.embeddings, group_positives)
         rewards, reciprocal = self.rewards(rollouts, group_positives)
-        grouped = rewards.reshape(len(batch), cfg.group_size)
+        update = self.update(rollouts, rewards)
+        tokens = sum(len(p) + len(a) for p, a in zip(rollouts.prompts, rollouts.actions))
+        return {
+            "mean_reward": float(rewards.mean()), "mean_rr": float(reciprocal.mean()),
+            "format_rate": float(np.mean(rollouts.emitted)), **update,
+            "refreshed_docs": refresh.documents, "refresh_seconds": refresh.seconds,
+            "rollout_seconds": rollout_seconds, "tokens_per_second": tokens / (time.perf_counter() - start),
+        }
+
+    def update(self, rollouts: Rollouts, rewards: np.ndarray) -> dict:
+        """GRPO update: advantages normalised within each query's group, clipped surrogate, KL to the reference."""
+        cfg = self.cfg
+        grouped = rewards.reshape(-1, cfg.group_size)
         advantages = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, keepdims=True) + 1e-4)
         device = self.policy.model.device
         advantages = torch.tensor(advantages.reshape(-1), dtype=torch.float32, device=device)[:, None]
@@ -125,14 +175,7 @@ class GRPOTrainer:
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        tokens = sum(len(p) + len(a) for p, a in zip(rollouts.prompts, rollouts.actions))
-        return {
-            "mean_reward": float(rewards.mean()), "mean_rr": float(reciprocal.mean()),
-            "format_rate": float(np.mean(rollouts.emitted)), "loss": float(loss.item()),
-            "kl": float(((kl * mask).sum() / mask.sum().clamp(min=1)).item()),
-            "refreshed_docs": refresh.documents, "refresh_seconds": refresh.seconds,
-            "rollout_seconds": rollout_seconds, "tokens_per_second": tokens / (time.perf_counter() - start),
-        }
+        return {"loss": float(loss.item()), "kl": float(((kl * mask).sum() / mask.sum().clamp(min=1)).item())}
 
     def evaluate(self, group_size: int = 4, seed: int = 1234) -> float:
         """Mean reward of fresh rollouts on every training query, with a fixed sampling seed."""
@@ -144,8 +187,8 @@ class GRPOTrainer:
 
 
 def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
-    triples = load_triples(cfg.train_file)
-    trainer = GRPOTrainer(cfg, triples)
+    triples, corpus = training_set(cfg)
+    trainer = GRPOTrainer(cfg, triples, corpus)
     out = Path(cfg.output_dir)
     log = CSVLog(out / "rl_log.csv", COLUMNS)
     order = list(range(len(triples)))

@@ -42,16 +42,14 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
     q_seq, q_answer = policy.direct_sequences([t.query for t in batch], "query", cfg.max_query_length)
     d_seq, d_answer = policy.direct_sequences(docs, "document", cfg.max_document_length)
     sequences, answers = q_seq + d_seq, q_answer + d_answer
-    out = policy.forward(sequences)
-    span = policy.last_tokens_mask(sequences, answers)
-    logprobs, targets = policy.span_logprobs(out, span)
-    kl = torch.zeros((), device=out.embeddings.device)
+    embeddings, logprobs, targets = policy.answer_forward(sequences, answers, batch_tokens=cfg.batch_tokens)
+    kl = torch.zeros((), device=embeddings.device)
     if cfg.weights.kl > 0:  # the reference forward costs as much as the policy's; skip it when KL is off
         with torch.no_grad(), policy.reference_model() as reference:
-            ref_logprobs, _ = policy.span_logprobs(policy.forward(sequences, reference), span, reference)
+            _, ref_logprobs, _ = policy.answer_forward(sequences, answers, reference, cfg.batch_tokens)
         kl = token_kl(logprobs, ref_logprobs)
     size = len(batch)
-    queries, positives, negatives = out.embeddings[:size], out.embeddings[size : 2 * size], out.embeddings[2 * size :]
+    queries, positives, negatives = embeddings[:size], embeddings[size : 2 * size], embeddings[2 * size :]
     terms = {
         "sft": answer_cross_entropy(logprobs, targets),
         "kl": kl,
@@ -66,13 +64,14 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
 
 @torch.no_grad()
 def heldout_infonce(policy: Policy, triples: list[Triple], temperature: float, batch_size: int = 16) -> float:
-    """Mean InfoNCE of held-out (query, positive) pairs against the other positives of their batch."""
+    """Mean InfoNCE of held-out (query, positive) pairs against the other positives of their batch, through the
+    training forward (bf16 autocast and the lower-layer cache when the policy uses them)."""
     policy.model.eval()
     losses = []
     for start in range(0, len(triples), batch_size):
         batch = triples[start : start + batch_size]
-        q = policy.encode([t.query for t in batch], "query")
-        p = policy.encode([t.positive for t in batch], "document")
+        q = policy.forward(policy.direct_sequences([t.query for t in batch], "query")[0]).embeddings
+        p = policy.forward(policy.direct_sequences([t.positive for t in batch], "document")[0]).embeddings
         losses.append(info_nce(q, p, None, temperature).item() * len(batch))
     return sum(losses) / len(triples)
 

@@ -2,7 +2,8 @@
 
 ``bm25``; ``minilm`` or ``st:<name or path>`` (sentence-transformers; a bare name also works);
 ``searchr3:<path>`` (Search-R3); ``basellm:<path>`` (untuned LLM, last-token pooling). ``smollm2`` as a path means
-the packaged SmolLM2-135M-Instruct; ``searchr3:smollm2`` adds an untrained embed token to it.
+the packaged SmolLM2-135M-Instruct; ``searchr3:smollm2`` adds an untrained embed token to it; ``searchr3:smollm2-sft``
+is the trained model shipped in the package (``searchr3_eval/weights``).
 
 ``describe`` gives a spec's identity (revision and settings) without loading weights, so finished results can be
 recognised before any model loads; ``load_model`` builds the retriever.
@@ -16,7 +17,7 @@ from searchr3_eval.models.base import DenseEncoder, Retriever
 from searchr3_eval.models.bm25 import BM25Retriever, bm25_revision, bm25_settings
 from searchr3_eval.results import ModelIdentity
 
-DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2"
+DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2-sft"
 
 
 @dataclass

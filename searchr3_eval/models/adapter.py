@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from searchr3_eval.atomic import atomic_write_text
+from searchr3_eval.atomic import atomic_write_text, normal_permissions
 from searchr3_eval.errors import UserError
 
 MANIFEST = "searchr3_adapter.json"
@@ -47,6 +47,8 @@ def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int
     from safetensors.torch import save_file
 
     folder = Path(folder)
+    for config in peft_model.peft_config.values():  # the base spec, not this machine's path to it
+        config.base_model_name_or_path = base
     peft_model.save_pretrained(folder, save_embedding_layers=False)  # the added rows are saved below
     model = peft_model.get_base_model()
     rows = {"input": model.get_input_embeddings().weight[base_vocab_size:].detach().float().cpu().contiguous()}
@@ -55,6 +57,7 @@ def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int
         rows["output"] = output.weight[base_vocab_size:].detach().float().cpu().contiguous()
     save_file(rows, str(folder / ROWS_FILE))
     atomic_write_text(folder / MANIFEST, json.dumps({"base": base, "base_vocab_size": base_vocab_size}, indent=2) + "\n")
+    normal_permissions(folder)
 
 
 def load_adapter(folder: str | Path, dtype: str, attn_implementation: str | None, device: str,

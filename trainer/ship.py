@@ -1,0 +1,61 @@
+"""Copy a trained adapter into the package (``searchr3_eval/weights/<name>``, loadable as ``searchr3:<name>``) with a
+reference embedding of a fixed text, which the tests check the packaged model still reproduces.
+
+Usage: python -m trainer.ship runs/sft-smollm2/final smollm2-sft
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from searchr3_eval.atomic import atomic_write_json, normal_permissions
+from searchr3_eval.errors import UserError
+from searchr3_eval.models.adapter import MANIFEST, ROWS_FILE, SHIPPED_DIR, read_manifest
+
+FILES = ("adapter_config.json", "adapter_model.safetensors", ROWS_FILE, MANIFEST)
+REFERENCE_FILE = "reference_embedding.json"
+REFERENCE_TEXT = "Vitamin D deficiency is associated with a higher risk of respiratory infections."
+
+
+def reference_embedding(name: str) -> dict:
+    """The packaged model's float32 embedding of ``REFERENCE_TEXT`` as a query (float32: the same on every CPU)."""
+    from searchr3_eval.models.searchr3 import SearchR3Encoder
+
+    encoder = SearchR3Encoder.from_pretrained(name, dtype="float32", show_progress=False)
+    vector = encoder.encode([REFERENCE_TEXT], "query")[0]
+    return {"text": REFERENCE_TEXT, "kind": "query", "dtype": "float32", "prompts": "paper",
+            "vector": [round(float(x), 6) for x in vector]}
+
+
+def ship(adapter: Path, name: str) -> Path:
+    read_manifest(adapter)
+    target = SHIPPED_DIR / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file in FILES:
+        shutil.copyfile(adapter / file, target / file)
+    config = json.loads((target / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = read_manifest(adapter)["base"]  # not the training machine's path
+    atomic_write_json(target / "adapter_config.json", config)
+    atomic_write_json(target / REFERENCE_FILE, reference_embedding(name))
+    normal_permissions(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.ship", description=__doc__.splitlines()[0])
+    parser.add_argument("adapter", type=Path, help="a saved adapter folder, e.g. runs/sft-smollm2/final")
+    parser.add_argument("name", help="the packaged model's name (searchr3:<name>)")
+    args = parser.parse_args(argv)
+    try:
+        print(f"shipped {args.adapter} -> {ship(args.adapter, args.name)}")
+    except UserError as exc:
+        print(f"ship: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
