@@ -18,7 +18,9 @@ class Triple:
     negatives: list[str]
 
 
-def load_triples(path: str | Path) -> list[Triple]:
+def load_triples(path: str | Path, keep_splits: list[str] | None = None) -> list[Triple]:
+    """Rows ``{"query", "positive", "negatives"?}``; with ``keep_splits``, a row with a ``split`` field is kept only if
+    its split is listed."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"missing file: {path}")
@@ -28,8 +30,10 @@ def load_triples(path: str | Path) -> list[Triple]:
             continue
         try:
             row = json.loads(line)
+            if keep_splits is not None and "split" in row and row["split"] not in keep_splits:
+                continue
             triples.append(Triple(str(row["query"]), str(row["positive"]), [str(n) for n in row.get("negatives", [])]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"{path} line {line_no}: expected {{\"query\", \"positive\", \"negatives\"}} ({exc})") from exc
     if not triples:
         raise UserError(f"{path} holds no triples")

@@ -2,7 +2,6 @@
 source split by distinct query into train and a held-out slice for model selection."""
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -11,26 +10,7 @@ from searchr3_eval.atomic import atomic_write, atomic_write_json
 from searchr3_eval.data import load_beir_folder
 from searchr3_eval.errors import UserError
 from trainer.config import DataConfig
-from trainer.data import Triple, mine_bm25_triples, write_triples
-
-
-def load_pairs(path: str | Path, keep_splits: list[str]) -> list[Triple]:
-    """Rows ``{"query", "positive", "negatives"?}``; a row with a ``split`` field is kept only if it is in ``keep_splits``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"missing file: {path}")
-    triples = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if "split" in row and row["split"] not in keep_splits:
-                continue
-            triples.append(Triple(str(row["query"]), str(row["positive"]), [str(n) for n in row.get("negatives", [])]))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{path} line {line_no}: expected {{\"query\", \"positive\"}} ({exc})") from exc
-    return triples
+from trainer.data import Triple, load_triples, mine_bm25_triples, write_triples
 
 
 def split_by_query(triples: list[Triple], fraction: float, rng: random.Random) -> tuple[list[Triple], list[Triple]]:
@@ -49,7 +29,7 @@ def prepare_data(cfg: DataConfig) -> dict:
         sources[folder] = mine_bm25_triples(load_beir_folder(Path(folder), cfg.beir_split), cfg.num_negatives, cfg.seed)
     for path in cfg.pair_files:
         sources[path] = [Triple(t.query, t.positive, t.negatives[: cfg.num_negatives])
-                         for t in load_pairs(path, cfg.keep_splits)]
+                         for t in load_triples(path, cfg.keep_splits)]
     if not sources:
         raise UserError("the data config needs beir_dirs or pair_files")
     rng = random.Random(cfg.seed)
