@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from searchr3_eval.errors import UserError
+from searchr3_eval.models.base import plan_batches
 from searchr3_eval.models.adapter import is_adapter, load_adapter, read_manifest, save_adapter
 from searchr3_eval.models.llm import (
     cpu_has_native_bf16, last_hidden_states, left_pad, load_causal_lm, lower_hidden_states, padded_forward,
@@ -45,9 +46,9 @@ class Policy:
         if attn_implementation == "auto":  # eager trains faster than sdpa on CPU (benchmarks/bench_sft_speed.py)
             attn_implementation = "eager" if device == "cpu" else "sdpa"
         if is_adapter(model_path):  # a saved adapter: keep training it (LoRA) or train its merged weights
-            self.base = read_manifest(model_path)["base"]
+            manifest = read_manifest(model_path)
+            self.base, self.base_vocab_size = manifest["base"], manifest["base_vocab_size"]
             model, tokenizer = load_adapter(model_path, dtype, attn_implementation, device, trainable=lora)
-            self.base_vocab_size = read_manifest(model_path)["base_vocab_size"]
         else:
             self.base = model_path
             model, tokenizer, _, _ = load_causal_lm(model_path, dtype, attn_implementation, device)
@@ -129,20 +130,15 @@ class Policy:
         """Embeddings [B, H] (in input order) and the log-probabilities [N, V] and targets [N] of each sequence's last
         ``answers[i]`` tokens. Sequences run longest first in chunks of at most ``batch_tokens`` padded tokens, so a
         short query is never padded to a long document's length (the graph of every chunk is kept for backward)."""
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         rows: dict[int, torch.Tensor] = {}
         logprobs, targets = [], []
-        start = 0
-        while start < len(order):
-            end = start + max(1, batch_tokens // len(sequences[order[start]]))
-            chunk = order[start:end]
+        for chunk in plan_batches([len(s) for s in sequences], len(sequences), batch_tokens):
             seqs = [sequences[i] for i in chunk]
             out = self.forward(seqs, model)
             lp, tg = self.span_logprobs(out, self.last_tokens_mask(seqs, [answers[i] for i in chunk]), model)
             logprobs.append(lp)
             targets.append(tg)
             rows.update(zip(chunk, out.embeddings))
-            start = end
         return torch.stack([rows[i] for i in range(len(sequences))]), torch.cat(logprobs), torch.cat(targets)
 
     @torch.no_grad()
@@ -210,15 +206,12 @@ class LowerLayerCache:
         if not keep:
             with self.autocast():
                 return lower_hidden_states(self.causal_lm, sequences, self.pad_id, self.n_layers)
-        missing = sorted({tuple(s) for s in sequences} - self.states.keys(), key=len, reverse=True)
-        start = 0
-        while start < len(missing):  # longest first, under a padded-token budget
-            end = start + max(1, self.batch_tokens // len(missing[start]))
-            chunk = [list(s) for s in missing[start:end]]
+        missing = list({tuple(s) for s in sequences} - self.states.keys())
+        for chunk in plan_batches([len(s) for s in missing], len(missing), self.batch_tokens):
             with self.autocast() as autocast:
-                states = lower_hidden_states(self.causal_lm, chunk, self.pad_id, self.n_layers)
+                states = lower_hidden_states(self.causal_lm, [list(missing[i]) for i in chunk], self.pad_id,
+                                             self.n_layers)
             dtype = torch.bfloat16 if autocast is not None else None  # bf16 residuals, as a bf16 model has them
-            for seq, state in zip(missing[start:end], states):
-                self.states[seq] = state.to(dtype=dtype, copy=True)
-            start = end
+            for i, state in zip(chunk, states):
+                self.states[missing[i]] = state.to(dtype=dtype, copy=True)
         return [self.states[tuple(s)] for s in sequences]
