@@ -12,10 +12,8 @@ Usage: HF_HUB_OFFLINE=1 python benchmarks/bench_trainer.py --model runs/sft-smol
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,6 @@ import torch
 
 from searchr3_eval.atomic import atomic_write_json
 from trainer.config import RLConfig
-from trainer.environment import overlap_at_k
 from trainer.rl import GRPOTrainer, beir_training_set
 
 
@@ -42,43 +39,19 @@ def main() -> None:
     cfg = RLConfig(model=args.model, output_dir=tempfile.mkdtemp(), lora=True, train_layers=args.train_layers,
                    max_length=args.max_document_length, max_document_length=args.max_document_length, group_size=4,
                    max_new_tokens=32, batch_size=4, top_k=10, refresh_every=args.refresh_every, learning_rate=1e-4)
-    start = time.perf_counter()
     trainer = GRPOTrainer(cfg, triples, corpus)
-    initial = time.perf_counter() - start
-    env, policy = trainer.env, trainer.policy
-
     rng = np.random.default_rng(0)
     steps = []
     for _ in range(args.steps):
         rows = rng.choice(len(triples), cfg.batch_size, replace=False)
         steps.append(trainer.step([triples[i] for i in rows], [corpus.positive_ids[i] for i in rows]))
         print({k: round(v, 3) for k, v in steps[-1].items()}, flush=True)
-    picked = rng.choice(len(triples), min(args.queries, len(triples)), replace=False)
-    queries = policy.embed([triples[i].query for i in picked], "query").numpy()
-    positives = [corpus.positive_ids[i] for i in picked]
-    partial_ranks, partial_top = env.ranks(queries, positives), env.rankings(queries, 10)
-    fresh = copy.copy(env)
-    full_cached = fresh.full_refresh()  # a fresh index through the cache: the top layers over every document
-    fresh_ranks = fresh.ranks(queries, positives)
-    refresh_seconds = float(np.mean([s["refresh_seconds"] for s in steps]))
     result = {
         "benchmark": "RL environment over a BEIR corpus (GRPO steps with partial refresh)",
         "command": "HF_HUB_OFFLINE=1 python benchmarks/bench_trainer.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "model": args.model, "documents": len(corpus.doc_ids), "train_layers": args.train_layers,
-        "full_reencode_seconds (all layers: the initial index, which also fills the cache)": round(initial, 1),
-        "full_refresh_seconds (top layers over the cached lower layers)": round(full_cached.seconds, 1),
-        "steps": len(steps),
-        "partial_refresh_docs_mean": float(np.mean([s["refreshed_docs"] for s in steps])),
-        "partial_refresh_seconds_mean": round(refresh_seconds, 2),
-        "refresh_cost_vs_full_refresh": round(refresh_seconds / full_cached.seconds, 3),
-        "refresh_cost_vs_full_reencode": round(refresh_seconds / initial, 3),
-        "step_seconds_mean": round(float(np.mean([s["rollout_seconds"] + s["refresh_seconds"] for s in steps])), 2),
-        "queries_compared": len(picked),
-        "positive_rank_agreement (same rank)": round(float(np.mean(partial_ranks == fresh_ranks)), 3),
-        "reward_agreement (1 - mean |1/r - 1/r_fresh|)": round(float(1 - np.mean(np.abs(1 / partial_ranks - 1 / fresh_ranks))), 4),
-        "top10_overlap_partial_vs_fresh": round(overlap_at_k(partial_top, fresh.rankings(queries, 10)), 3),
+        "model": args.model, **trainer.audit_index(steps, args.queries),
     }
     print(result)
     atomic_write_json(args.out, result)

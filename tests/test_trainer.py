@@ -1,3 +1,4 @@
+import json
 import random
 
 import numpy as np
@@ -299,3 +300,18 @@ def test_rl_over_a_beir_corpus_caches_only_the_documents_lower_layers(tiny_model
     log = trainer.step(triples[:2], corpus.positive_ids[:2])
     assert 5 <= log["refreshed_docs"] < 40  # 40/8 round-robin + positives + top-3 candidates, not the whole corpus
     assert len(trainer.policy.lower_cache.states) == documents  # rollouts were not kept
+
+
+def test_rl_run_audits_its_index_against_a_fresh_one(tiny_model_dir, data_dir, tmp_path):
+    """With the policy left unchanged (learning rate 0) the partially refreshed index must agree with a fresh one."""
+    from trainer.rl import train_rl
+
+    cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), beir_dir=str(data_dir / "MiniGSM"),
+                   beir_split="test", group_size=2, max_new_tokens=6, batch_size=2, steps=2, max_length=200,
+                   lora=True, train_layers=1, refresh_every=8, top_k=3, learning_rate=0.0, mixed_precision="no",
+                   audit_queries=10)
+    train_rl(cfg, show_progress=False)
+    audit = json.loads((tmp_path / "rl" / "index_audit.json").read_text())
+    assert audit["documents"] == 40 and audit["steps"] == 2 and audit["queries_compared"] == 10
+    assert 0 < audit["refresh_cost_vs_full_reencode"] < 1
+    assert audit["positive_rank_agreement (same rank)"] == 1.0 and audit["top10_overlap_partial_vs_fresh"] == 1.0

@@ -91,6 +91,7 @@ class RLConfig(RunConfig):
     steps: int = 20
     top_k: int = 10
     refresh_every: int = 10  # the whole corpus is re-encoded across this many steps
+    audit_queries: int = 0  # at the end, compare the maintained index with a fresh one on this many train queries
 
 
 T = TypeVar("T")

@@ -6,6 +6,7 @@ round-robin slice, so that every document is refreshed at least once every ``ref
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class RetrievalEnvironment:
         self.encode, self.top_k, self.refresh_every = encode, top_k, max(1, refresh_every)
         self.embeddings = np.zeros((0, 0), dtype=np.float32)
         self.cursor = 0
-        self.full_refresh()
+        self.initial_refresh = self.full_refresh()
 
     def _refresh(self, rows: list[int]) -> RefreshStats:
         start = time.perf_counter()
@@ -69,3 +70,18 @@ class RetrievalEnvironment:
 def overlap_at_k(a: np.ndarray, b: np.ndarray) -> float:
     """Mean share of top-k documents two rankings ([Q, k] row indices) have in common."""
     return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))
+
+
+def agreement_with_fresh_index(env: RetrievalEnvironment, queries: np.ndarray, positive_ids: list[str]) -> dict:
+    """Compare ``env``'s maintained index with a freshly encoded copy (``env`` itself is left as it is) on what the
+    reward uses (the positive's rank) and on the top 10."""
+    fresh = copy.copy(env)
+    full = fresh.full_refresh()
+    ranks, fresh_ranks = env.ranks(queries, positive_ids), fresh.ranks(queries, positive_ids)
+    return {
+        "queries_compared": len(positive_ids),
+        "full_refresh_seconds": round(full.seconds, 1),
+        "positive_rank_agreement (same rank)": round(float(np.mean(ranks == fresh_ranks)), 3),
+        "reward_agreement (1 - mean |1/r - 1/r_fresh|)": round(float(1 - np.mean(np.abs(1 / ranks - 1 / fresh_ranks))), 4),
+        "top10_overlap_partial_vs_fresh": round(overlap_at_k(env.rankings(queries, 10), fresh.rankings(queries, 10)), 3),
+    }

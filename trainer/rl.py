@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.llm import left_pad
 from trainer.config import RLConfig
 from trainer.data import Triple, load_triples
-from trainer.environment import RetrievalEnvironment
+from trainer.environment import RetrievalEnvironment, agreement_with_fresh_index
 from trainer.logging_utils import CSVLog, plot_log
 from trainer.modeling import Policy
 from trainer.sft import save_checkpoint
@@ -177,6 +178,24 @@ class GRPOTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         return {"loss": float(loss.item()), "kl": float(((kl * mask).sum() / mask.sum().clamp(min=1)).item())}
 
+    def audit_index(self, steps: list[dict], queries: int, seed: int = 0) -> dict:
+        """Refresh cost per step against a full re-encode, and agreement of the maintained index with a fresh one
+        for the direct embeddings of ``queries`` training queries."""
+        picked = np.random.default_rng(seed).choice(len(self.triples), min(queries, len(self.triples)), replace=False)
+        embeddings = self.policy.embed([self.triples[i].query for i in picked], "query").float().cpu().numpy()
+        agreement = agreement_with_fresh_index(self.env, embeddings, [self.positive_ids[i] for i in picked])
+        initial, refresh = self.env.initial_refresh.seconds, float(np.mean([s["refresh_seconds"] for s in steps]))
+        return {
+            "documents": len(self.env.doc_ids), "train_layers": self.cfg.train_layers, "steps": len(steps),
+            "full_reencode_seconds (all layers: the initial index, which also fills the cache)": round(initial, 1),
+            "partial_refresh_docs_mean": float(np.mean([s["refreshed_docs"] for s in steps])),
+            "partial_refresh_seconds_mean": round(refresh, 2),
+            "refresh_cost_vs_full_reencode": round(refresh / initial, 3),
+            "refresh_cost_vs_full_refresh": round(refresh / agreement["full_refresh_seconds"], 3),
+            "step_seconds_mean": round(float(np.mean([s["rollout_seconds"] + s["refresh_seconds"] for s in steps])), 2),
+            **agreement,
+        }
+
     def evaluate(self, group_size: int = 4, seed: int = 1234) -> float:
         """Mean reward of fresh rollouts on every training query, with a fixed sampling seed."""
         self.env.full_refresh()
@@ -191,15 +210,18 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
     trainer = GRPOTrainer(cfg, triples, corpus)
     out = Path(cfg.output_dir)
     log = CSVLog(out / "rl_log.csv", COLUMNS)
-    order = list(range(len(triples)))
+    order, steps = list(range(len(triples))), []
     for step in tqdm(range(cfg.steps), desc="rl", disable=not show_progress):
         start = (step * cfg.batch_size) % len(triples)
         if start < cfg.batch_size:
             random.Random(cfg.seed + step).shuffle(order)
         idx = order[start : start + cfg.batch_size]
-        log.append({"step": step + 1, **trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx])})
+        steps.append(trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx]))
+        log.append({"step": step + 1, **steps[-1]})
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint")
     trainer.policy.save(out / "final")
     plot_log(log, out / "rl_plot.png")
+    if cfg.audit_queries:
+        atomic_write_json(out / "index_audit.json", trainer.audit_index(steps, cfg.audit_queries))
     return {"steps": cfg.steps, "model": str(out / "final"), "log": str(log.path)}
