@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="LLM weights and compute; auto: bfloat16 where the CPU/GPU has native bf16, else float32")
     run.add_argument("--backend", choices=["transformers", "vllm"], default=d.backend)
     run.add_argument("--device", default=d.device, help="auto (a GPU when present), cpu, cuda, cuda:N or mps")
+    run.add_argument("--index", default=d.index,
+                     help="dense search: flat (exact), ivf or hnsw (faiss), e.g. ivf:nprobe=32 or hnsw:ef_search=512")
+    run.add_argument("--memmap-dir", type=Path,
+                     help="keep corpus embeddings in a memory-mapped file in this folder (corpora larger than RAM)")
     run.add_argument("--add-embed-token", action="store_true", help="add an (untrained) embed token to models without one")
     run.add_argument("--prompts", choices=sorted(PROMPT_PRESETS), default=d.prompts,
                      help="Search-R3 prompt preset (paper: the released checkpoint's format)")
@@ -105,17 +109,21 @@ def quiet_libraries() -> Iterator[None]:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    from searchr3_eval import distributed
     from searchr3_eval.models import ModelOptions
     from searchr3_eval.runner import default_cache_dir, evaluate
 
     names = {f.name for f in fields(ModelOptions)}
     options = ModelOptions(**{k: v for k, v in vars(args).items() if k in names}, show_progress=not args.quiet)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    summary = evaluate(
-        args.models, args.tasks, args.output_dir, options=options, data_dir=args.data_dir, split=args.split,
-        top_k=args.top_k, overwrite=args.overwrite, cache_dir=cache_dir, download=not args.offline,
-        skip_missing=args.skip_missing, baseline=args.baseline,
-    )
+    try:
+        summary = evaluate(
+            args.models, args.tasks, args.output_dir, options=options, data_dir=args.data_dir, split=args.split,
+            top_k=args.top_k, overwrite=args.overwrite, cache_dir=cache_dir, download=not args.offline,
+            skip_missing=args.skip_missing, baseline=args.baseline,
+        )
+    finally:
+        distributed.shutdown()
     for path in summary.report_files:
         print(f"wrote {path}")
     if summary.missing_tasks:

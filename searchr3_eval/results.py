@@ -36,8 +36,16 @@ def identity_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def result_identity(model: ModelIdentity, task: str, split: str, task_fingerprint: str, top_k: int) -> dict[str, Any]:
-    return {**model.as_dict(), "task": task, "split": split, "task_fingerprint": task_fingerprint, "top_k": top_k}
+def result_identity(model: ModelIdentity, task: str, split: str, task_fingerprint: str, top_k: int,
+                    index: str = "flat") -> dict[str, Any]:
+    """The identity of one result; ``index`` (a canonical faiss index name) appears only when it is approximate, so
+    exact-search results keep the identity they always had."""
+    return {**model.as_dict(), "task": task, "split": split, "task_fingerprint": task_fingerprint, "top_k": top_k,
+            **_index_field(index)}
+
+
+def _index_field(index: str) -> dict[str, str]:
+    return {} if index == "flat" else {"index": index}
 
 
 def slug(text: str) -> str:
@@ -72,16 +80,19 @@ class TaskResult:
     timing: dict[str, Any] = field(default_factory=dict)
     finished_at: str = ""
     searchr3_eval_version: str = ""
+    index: str = "flat"  # the dense search's faiss index (canonical name); flat is exact
     schema_version: int = SCHEMA_VERSION
 
     @property
     def model_identity(self) -> dict[str, Any]:
-        return {"model_spec": self.model_spec, "revision": self.revision, "settings": self.settings, "top_k": self.top_k}
+        return {"model_spec": self.model_spec, "revision": self.revision, "settings": self.settings, "top_k": self.top_k,
+                **_index_field(self.index)}
 
     @property
     def identity(self) -> dict[str, Any]:
         return {"model_spec": self.model_spec, "revision": self.revision, "settings": self.settings, "task": self.task,
-                "split": self.split, "task_fingerprint": self.task_fingerprint, "top_k": self.top_k}
+                "split": self.split, "task_fingerprint": self.task_fingerprint, "top_k": self.top_k,
+                **_index_field(self.index)}
 
     @property
     def non_default_split(self) -> bool:
@@ -99,7 +110,7 @@ class TaskResult:
             raise UserError(f"{where}: result schema version {version!r}, expected {SCHEMA_VERSION} "
                             "(written by another searchr3-eval version); delete it and re-run")
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in data and n not in ("timing", "finished_at", "searchr3_eval_version"))
+        missing = sorted(n for n in names if n not in data and n not in ("timing", "finished_at", "searchr3_eval_version", "index"))
         if missing:
             raise UserError(f"{where}: result lacks {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in names})

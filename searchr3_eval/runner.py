@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from searchr3_eval import __version__
+from searchr3_eval import __version__, distributed
 from searchr3_eval.cache import EmbeddingCache
 from searchr3_eval.data import MissingTaskData, RetrievalTask, TaskSource, load_task_source, locate_task, resolve_task_names
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import drop_identical_ids, evaluate as score_run
 from searchr3_eval.models import ModelOptions, ModelSpec, Retriever, describe, load_model, parse_model_specs
+from searchr3_eval.retrieval import parse_index
 from searchr3_eval.results import ModelIdentity, TaskResult, read_result, result_identity, result_path
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ DEFAULT_OUTPUT = Path("results")
 DEFAULT_TOP_K = 100
 MIN_FREE_BYTES = 50 * 1024 * 1024
 KEEP_LOADED_BYTES = 256 * 1024 * 1024  # tasks smaller than this are parsed once
+
+
+def _silent(message: str) -> None:
+    """Ranks other than 0 print nothing."""
 
 
 def default_cache_dir() -> Path:
@@ -57,8 +62,10 @@ def check_writable(folder: Path, what: str, min_free_bytes: int = MIN_FREE_BYTES
         raise UserError(f"{what} {folder} has only {free / 2**20:.1f} MiB free (need {min_free_bytes / 2**20:.0f} MiB)")
 
 
-def evaluate_pair(retriever: Retriever, identity: ModelIdentity, task: RetrievalTask, top_k: int = DEFAULT_TOP_K) -> TaskResult:
-    """Score one retriever on one task; the result carries per-query scores and the run's facts."""
+def evaluate_pair(retriever: Retriever, identity: ModelIdentity, task: RetrievalTask, top_k: int = DEFAULT_TOP_K,
+                  index: str = "flat") -> TaskResult:
+    """Score one retriever on one task; the result carries per-query scores and the run's facts. ``index`` is the
+    canonical name of the dense retriever's index (it enters the result's identity)."""
     if retriever.settings != identity.settings:
         raise RuntimeError(f"{identity.spec}: loaded settings {retriever.settings} differ from {identity.settings}")
     start = time.perf_counter()
@@ -71,6 +78,7 @@ def evaluate_pair(retriever: Retriever, identity: ModelIdentity, task: Retrieval
         num_queries=len(task.queries), source=task.source,
         timing={"wall_seconds": time.perf_counter() - start, **retriever.search_stats},
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), searchr3_eval_version=__version__,
+        index=index,
     )
 
 
@@ -109,9 +117,16 @@ def evaluate(
     kept (``overwrite`` redoes it). BEIR sets whose data is missing offline are listed; the others still run, and a
     ``UserError`` names the missing ones at the end unless ``skip_missing``. ``cache_dir=None`` disables the
     embedding cache. ``baseline`` (a model spec or row label; default bm25) is what the report tests against.
+
+    Launched with ``torchrun``, every rank encodes a share of each corpus and rank 0 searches, scores and writes
+    (the other ranks return an empty summary).
     """
     options = options or ModelOptions()
     options.validate()
+    distributed.init_from_env()
+    main = distributed.is_main()
+    if not main:
+        echo = _silent
     if top_k < 1:
         raise UserError("--top-k must be at least 1")
     if data_dir is not None and not Path(data_dir).is_dir():
@@ -129,14 +144,17 @@ def evaluate(
             summary.missing_tasks.append(name)
             echo(f"missing {name}: {exc}")
     identities = {spec: describe(spec, options) for spec in specs}
+    index = parse_index(options.index).name
+    indexes = {spec: index if spec.is_dense else "flat" for spec in specs}
     check_writable(output_dir, "output folder")
-    if cache_dir is not None and any(spec.uses_cache for spec in specs):
+    if cache_dir is not None and any(spec.is_dense for spec in specs):
         check_writable(Path(cache_dir), "cache folder")
 
     todo: dict[TaskSource, list[tuple[ModelSpec, dict]]] = {}
     for source in sources:
         for spec in specs:
-            identity = result_identity(identities[spec], source.name, source.split, source.fingerprint, top_k)
+            identity = result_identity(identities[spec], source.name, source.split, source.fingerprint, top_k,
+                                       indexes[spec])
             path = result_path(output_dir, identity)
             previous = None if overwrite else _finished(path, identity)
             if previous is None:
@@ -155,15 +173,21 @@ def evaluate(
     for source, pairs in todo.items():
         task = kept.pop(source, None) or load_task_source(source)
         for spec, identity in pairs:
+            if not main and not spec.is_dense:
+                continue  # only the dense encoders' work is shared across ranks
             if spec not in loaded:
-                if spec.uses_cache and cache_dir is not None and cache is None:
+                if spec.is_dense and main and cache_dir is not None and cache is None:  # rank 0 reads and writes it
                     cache = EmbeddingCache(Path(cache_dir) / "embeddings.sqlite")
-                loaded[spec] = load_model(spec, options, cache if spec.uses_cache else None)
-            result = evaluate_pair(loaded[spec], identities[spec], task, top_k)
+                loaded[spec] = load_model(spec, options, cache if spec.is_dense else None)
+            if not main:
+                loaded[spec].search(task, top_k)  # encodes this rank's share; rank 0 scores
+                continue
+            result = evaluate_pair(loaded[spec], identities[spec], task, top_k, indexes[spec])
             path = result.save(output_dir)
             summary.computed.append(result)
             echo(f"{result.model} on {source.name}: nDCG@10 {result.scores['ndcg_at_10']:.4f} -> {path}")
-    if report and (summary.computed or summary.reused):
+    distributed.barrier()
+    if report and main and (summary.computed or summary.reused):
         from searchr3_eval.report import write_report
 
         summary.report_files = write_report(output_dir, baseline)

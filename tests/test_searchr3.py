@@ -111,6 +111,27 @@ def test_vllm_backend_without_vllm_is_a_user_error(tiny_model_dir):
         SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, backend="vllm")
 
 
+def test_vllm_arguments_mirror_the_transformers_generation(tiny_model_dir):
+    """vLLM gets the encoder's dtype, a context for prompt plus analysis, a share of the GPU, greedy sampling and the
+    transformers generator's stop tokens; devices vLLM cannot use are one-line user errors."""
+    from searchr3_eval.models.searchr3 import stop_token_ids, vllm_engine_args, vllm_sampling_args
+
+    encoder = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False,
+                                              max_length=96, max_new_tokens=16)
+    engine = vllm_engine_args("/tmp/m", "cuda", "bfloat16", 96 + 16)
+    assert engine["model"] == engine["tokenizer"] == "/tmp/m" and engine["dtype"] == "bfloat16"
+    assert engine["max_model_len"] == 112 and 0 < engine["gpu_memory_utilization"] < 1
+    stops = stop_token_ids(encoder.tokenizer, encoder.embed_id)
+    assert encoder.embed_id in stops and encoder.tokenizer.convert_tokens_to_ids("<|im_end|>") in stops
+    assert stops == encoder.generator.stop_ids  # the transformers generator stops at the same tokens
+    sampling = vllm_sampling_args(16, stops)
+    assert sampling == {"max_tokens": 16, "temperature": 0.0, "stop_token_ids": stops, "skip_special_tokens": True}
+    with pytest.raises(UserError, match="generates on a CUDA GPU, and this run's device is cpu"):
+        vllm_engine_args("/tmp/m", "cpu", "float32", 112)
+    with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES=2 and --device cuda"):
+        vllm_engine_args("/tmp/m", "cuda:2", "float32", 112)
+
+
 def test_mteb_protocol_accepts_lists_and_batches(tiny_model_dir):
     wrapper = MTEBEncoder(SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False,
                                                           prompts=PROMPT_PRESETS["instruct"]))

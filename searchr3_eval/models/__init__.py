@@ -11,11 +11,14 @@ recognised before any model loads; ``load_model`` builds the retriever.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
 from searchr3_eval.cache import EmbeddingCache
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import DenseEncoder, Retriever
 from searchr3_eval.models.bm25 import BM25Retriever, bm25_revision, bm25_settings
 from searchr3_eval.results import ModelIdentity
+from searchr3_eval.retrieval import parse_index
 
 DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2-sft"
 
@@ -37,6 +40,8 @@ class ModelOptions:
     system_prompt: str | None = None  # Search-R3 system prompt override
     query_prompt: str | None = None  # query prefix override (sentence-transformers prompt, Search-R3 user prefix)
     document_prompt: str | None = None
+    index: str = "flat"  # dense search: flat (exact), ivf or hnsw, with optional :param=value,... (faiss)
+    memmap_dir: Path | None = None  # corpus embeddings in a memory-mapped file there (corpora larger than RAM)
     show_progress: bool = True
 
     def validate(self) -> None:
@@ -54,6 +59,9 @@ class ModelOptions:
         if self.backend not in ("transformers", "vllm"):
             raise UserError(f"unknown generation backend {self.backend!r}; use transformers or vllm")
         resolve_device(self.device)
+        parse_index(self.index)
+        if self.memmap_dir is not None and not Path(self.memmap_dir).is_dir():
+            raise UserError(f"--memmap-dir {self.memmap_dir} is not a folder")
         if self.prompts not in PROMPT_PRESETS:
             raise UserError(f"unknown prompt preset {self.prompts!r}; use one of {', '.join(PROMPT_PRESETS)}")
 
@@ -67,7 +75,8 @@ class ModelSpec:
     arg: str
 
     @property
-    def uses_cache(self) -> bool:
+    def is_dense(self) -> bool:
+        """An embedding model: it uses the embedding cache and the dense index."""
         return self.kind != "bm25"
 
     @property
@@ -125,7 +134,8 @@ def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | N
 
     device = resolve_device(options.device)
     common = {"batch_size": options.batch_size, "batch_tokens": options.batch_tokens, "cache": cache,
-              "show_progress": options.show_progress, "device": device}
+              "show_progress": options.show_progress, "device": device, "index": options.index,
+              "memmap_dir": options.memmap_dir}
     if spec.kind == "bm25":
         return BM25Retriever(show_progress=options.show_progress)
     if spec.kind == "searchr3":

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -14,11 +19,14 @@ from tqdm.auto import tqdm
 
 from searchr3_eval.cache import EmbeddingCache, text_hash
 from searchr3_eval.data import RetrievalTask, document_text
+from searchr3_eval.distributed import broadcast_from_main, gather_to_main, is_main, rank_and_size
 from searchr3_eval.metrics import Run
-from searchr3_eval.retrieval import dense_search
+from searchr3_eval.retrieval import dense_search, parse_index
 
 Kind = Literal["query", "document"]
 PLURAL = {"query": "queries", "document": "documents"}
+CACHE_CHUNK = 8192  # hashes looked up in the cache at a time
+Allocate = Callable[[int, int], np.ndarray]  # (rows, dim) -> the array embeddings are written into
 
 
 @dataclass
@@ -71,8 +79,9 @@ class DenseEncoder(ABC):
     revision: str
 
     def __init__(self, batch_size: int = 256, cache: EmbeddingCache | None = None, show_progress: bool = True,
-                 batch_tokens: int = 4096, device: str = "cpu"):
+                 batch_tokens: int = 4096, device: str = "cpu", index: str = "flat", memmap_dir: Path | None = None):
         self.batch_size, self.batch_tokens, self.device = batch_size, batch_tokens, device
+        self.index, self.memmap_dir = parse_index(index), memmap_dir
         self.generation_seconds = 0.0  # encoders that write reasoning add their generation time here
         self.cache = cache
         self.show_progress = show_progress
@@ -100,52 +109,85 @@ class DenseEncoder(ABC):
         """Each text's length in tokens of this model (batches are planned with it); subclasses count exactly."""
         return [max(1, len(t) // 4) for t in texts]
 
-    def encode(self, texts: list[str], kind: Kind, batch_size: int | None = None) -> np.ndarray:
-        """Embed ``texts``; cached texts are not re-encoded, the rest go longest-first in batches of at most
-        ``batch_size`` texts and ``batch_tokens`` padded tokens."""
+    def encode(self, texts: list[str], kind: Kind, batch_size: int | None = None,
+               allocate: Allocate | None = None) -> np.ndarray:
+        """Embed ``texts`` into the array ``allocate(rows, dim)`` returns (default: in RAM; a memory-mapped file
+        holds a corpus larger than RAM). Cached texts are not re-encoded; the rest go longest-first in batches of
+        at most ``batch_size`` texts and ``batch_tokens`` padded tokens. Under ``torchrun`` each rank embeds every
+        world-size-th batch and rank 0 gathers them (the other ranks return an empty array)."""
         start, generation_start = time.perf_counter(), self.generation_seconds
         hashes = [text_hash(t) for t in texts]
-        key = self.cache_key(kind)
-        cached = self.cache.get(key, list(set(hashes))) if self.cache else {}
-        todo = list({h: i for i, h in enumerate(hashes) if h not in cached}.values())
-        lengths = self.text_lengths([texts[i] for i in todo], kind) if todo else []
+        rows_of: dict[str, list[int]] = {}
+        for i, h in enumerate(hashes):
+            rows_of.setdefault(h, []).append(i)
+        key, (rank, size) = self.cache_key(kind), rank_and_size()
+        out: np.ndarray | None = None
+        reasoning: list[str | None] = [None] * len(texts)
+
+        def store(batch_hashes: list[str], vectors: np.ndarray, why: list[str | None] | None, put: bool) -> None:
+            nonlocal out
+            if out is None:
+                out = (allocate or _in_memory)(len(texts), vectors.shape[1])
+            if put and self.cache:
+                self.cache.put(key, batch_hashes, vectors, why)
+            for j, h in enumerate(batch_hashes):
+                out[rows_of[h]] = vectors[j]
+                for i in rows_of[h]:
+                    reasoning[i] = why[j] if why else None
+
+        unique, cached = list(rows_of), set()
+        for chunk_start in range(0, len(unique) if self.cache else 0, CACHE_CHUNK):
+            found = self.cache.get(key, unique[chunk_start : chunk_start + CACHE_CHUNK])
+            if found:
+                store(list(found), np.stack([v for v, _ in found.values()]), [r for _, r in found.values()], put=False)
+                cached.update(found)
+        todo: list[str] = broadcast_from_main([h for h in unique if h not in cached])
+        lengths = self.text_lengths([texts[rows_of[h][0]] for h in todo], kind) if todo else []
         batches = plan_batches(lengths, batch_size or self.batch_size, self.batch_tokens)
-        fresh: dict[str, tuple[np.ndarray, str | None]] = {}
-        padded = 0
-        with tqdm(total=len(todo), desc=f"encode {PLURAL[kind]} ({self.name})", disable=not self.show_progress or not todo) as bar:
-            for batch in batches:
-                padded += len(batch) * max(lengths[j] for j in batch)
-                idx = [todo[j] for j in batch]
-                vectors, reasoning = self.embed([texts[i] for i in idx], kind)
-                batch_hashes = [hashes[i] for i in idx]
-                if self.cache:
-                    self.cache.put(key, batch_hashes, vectors, reasoning)
-                for j, h in enumerate(batch_hashes):
-                    fresh[h] = (vectors[j], reasoning[j] if reasoning else None)
+        mine, done = batches[rank::size], []
+        with tqdm(total=sum(map(len, mine)), desc=f"encode {PLURAL[kind]} ({self.name})",
+                  disable=not self.show_progress or not mine) as bar:
+            for batch in mine:
+                batch_hashes = [todo[j] for j in batch]
+                vectors, why = self.embed([texts[rows_of[h][0]] for h in batch_hashes], kind)
+                if size == 1:  # stored as it goes, so an interrupted run keeps what it encoded
+                    store(batch_hashes, vectors, why, put=True)
+                else:
+                    done.append((batch_hashes, vectors, why))
                 bar.update(len(batch))
-        found = {**cached, **fresh}
+        if size > 1:
+            for part in gather_to_main(done):
+                for batch_hashes, vectors, why in part:
+                    store(batch_hashes, vectors, why, put=True)
         self.last_stats = EncodeStats(
             encoded=len(todo),
-            cached=len(texts) - len(todo),
+            cached=len(texts) - sum(len(rows_of[h]) for h in todo),
             seconds=time.perf_counter() - start,
-            reasoning=[found[h][1] for h in hashes],
+            reasoning=reasoning,
             tokens=sum(lengths),
-            padded_tokens=padded,
+            padded_tokens=sum(len(b) * max(lengths[j] for j in b) for b in batches),
             generation_seconds=self.generation_seconds - generation_start,
         )
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([found[h][0] for h in hashes]).astype(np.float32)
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
     def search(self, task: RetrievalTask, top_k: int) -> Run:
-        """Embed the corpus and the queries, then exact inner-product search (cosine: embeddings are unit length)."""
+        """Embed the corpus and the queries, then inner-product search (cosine: embeddings are unit length) with
+        the encoder's index; with ``memmap_dir`` the corpus embeddings live in a memory-mapped file there.
+        Under ``torchrun`` every rank encodes its share and rank 0 searches (the others return an empty run)."""
         doc_ids, query_ids = list(task.corpus), list(task.queries)
-        doc_emb = self.encode([document_text(task.corpus[d]) for d in doc_ids], "document")
-        docs = self.last_stats
-        query_emb = self.encode([task.queries[q] for q in query_ids], "query")
-        queries = self.last_stats
-        start = time.perf_counter()
-        run = dense_search(query_ids, query_emb, doc_ids, doc_emb, top_k=top_k, show_progress=self.show_progress)
+        with tempfile.TemporaryDirectory(dir=self.memmap_dir, prefix="corpus-") if self.memmap_dir else nullcontext() as tmp:
+            allocate = None if tmp is None else partial(_memory_mapped, Path(tmp) / "embeddings.npy")
+            doc_emb = self.encode([document_text(task.corpus[d]) for d in doc_ids], "document", allocate=allocate)
+            docs = self.last_stats
+            query_emb = self.encode([task.queries[q] for q in query_ids], "query")
+            queries = self.last_stats
+            if not is_main():
+                self.search_stats = {}
+                return {}
+            start = time.perf_counter()
+            run = dense_search(query_ids, query_emb, doc_ids, doc_emb, top_k=top_k, index=self.index,
+                               show_progress=self.show_progress)
+            del doc_emb  # closes the memory-mapped file before its folder goes
         self.search_stats = {
             "encode_seconds_corpus": docs.seconds,
             "encode_seconds_queries": queries.seconds,
@@ -160,8 +202,11 @@ class DenseEncoder(ABC):
             "padding_waste_queries": queries.padding_waste,
             "generation_seconds": docs.generation_seconds + queries.generation_seconds,
             "search_seconds": time.perf_counter() - start,
-            "embedding_dim": int(doc_emb.shape[1]),
+            "embedding_dim": int(query_emb.shape[1]),
+            "index": self.index.name,
+            "memory_mapped_corpus": self.memmap_dir is not None,
             "device": self.device,
+            "processes": rank_and_size()[1],
         }
         return run
 
@@ -189,6 +234,14 @@ def _as_requested(vectors: np.ndarray, kwargs: dict) -> Any:
 
         return torch.from_numpy(vectors)
     return vectors
+
+
+def _in_memory(rows: int, dim: int) -> np.ndarray:
+    return np.empty((rows, dim), dtype=np.float32)
+
+
+def _memory_mapped(path: Path, rows: int, dim: int) -> np.ndarray:
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

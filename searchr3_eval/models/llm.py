@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 import re
 from contextlib import contextmanager
 from functools import cache
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from searchr3_eval.distributed import local_rank
 from searchr3_eval.errors import UserError
 from searchr3_eval.fingerprint import fingerprint
 
@@ -29,7 +31,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``auto``: the GPU when one is present (CUDA, then Apple MPS), else ``cpu``; a missing device is a UserError."""
+    """``auto``: the GPU when one is present (CUDA, then Apple MPS), else ``cpu``; a missing device is a UserError.
+    Under ``torchrun`` with CUDA, ``auto`` and ``cuda`` mean this rank's GPU (``cuda:LOCAL_RANK``)."""
+    if device in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return resolve_device(f"cuda:{local_rank()}")
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"

@@ -5,6 +5,7 @@ short analysis first (greedy, ``max_new_tokens``) and appends the token if the m
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
@@ -106,7 +107,6 @@ class SearchR3Encoder(DenseEncoder):
         max_length: int = 512,
         max_new_tokens: int = 64,
         backend: str = "transformers",
-        model_path: str | None = None,
         prompts: Prompts = PROMPT_PRESETS[DEFAULT_PRESET],
         add_embed_token: bool = False,
         **kwargs,
@@ -125,7 +125,7 @@ class SearchR3Encoder(DenseEncoder):
         self.prompts, self.backend, self.add_embed_token = prompts, backend, add_embed_token
         self._overheads: dict[tuple, int] = {}
         self.share_prefix = True  # run the prompt prefix every text shares once per batch (same embeddings)
-        self.generator = make_generator(backend, model, tokenizer, model_path, token_id)
+        self.generator = make_generator(backend, model, tokenizer, token_id, max_length + max_new_tokens)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32", add_token: bool = False,
@@ -134,7 +134,7 @@ class SearchR3Encoder(DenseEncoder):
         if embed_token_id(tokenizer) is None and add_token:
             add_embed_token(model, tokenizer)
             display += ", untrained embed token"
-        return cls(model, tokenizer, name=f"Search-R3 ({display})", revision=revision, model_path=name_or_path,
+        return cls(model, tokenizer, name=f"Search-R3 ({display})", revision=revision,
                    add_embed_token=add_token, device=str(model.device), **kwargs)
 
     @property
@@ -223,12 +223,12 @@ class SearchR3Encoder(DenseEncoder):
         return l2_normalize(hidden.float().cpu().numpy()), analyses
 
 
-def make_generator(backend: str, model, tokenizer, model_path: str | None, embed_id: int):
+def make_generator(backend: str, model, tokenizer, embed_id: int, max_model_len: int):
     """A callable (prompt token ids, max_new_tokens) -> analyses, for the chosen backend."""
     if backend == "transformers":
         return TransformersGenerator(model, tokenizer, embed_id)
     if backend == "vllm":
-        return VLLMGenerator(model_path or model.name_or_path, tokenizer)
+        return VLLMGenerator(model, tokenizer, embed_id, max_model_len)
     raise UserError(f"unknown generation backend {backend!r}; use transformers or vllm")
 
 
@@ -263,19 +263,44 @@ class TransformersGenerator:
         return analyses
 
 
-class VLLMGenerator:
-    """Generation with vLLM (GPU); the embedding itself is still read with transformers."""
+VLLM_GPU_MEMORY_SHARE = 0.5  # the transformers model that reads the embeddings shares the GPU
 
-    def __init__(self, model_path: str, tokenizer):
+
+def vllm_engine_args(folder: str, device: str, dtype: str, max_model_len: int) -> dict:
+    """``vllm.LLM`` keyword arguments for the model saved in ``folder``; a ``UserError`` where vLLM cannot run."""
+    if not device.startswith("cuda"):
+        raise UserError(f"the vllm backend generates on a CUDA GPU, and this run's device is {device} "
+                        "(use --backend transformers)")
+    if device not in ("cuda", "cuda:0"):
+        raise UserError(f"vLLM generates on the first visible GPU: instead of --device {device}, select the GPU with "
+                        f"CUDA_VISIBLE_DEVICES={device.removeprefix('cuda:')} and --device cuda")
+    return {"model": folder, "tokenizer": folder, "dtype": dtype, "max_model_len": max_model_len, "seed": 0,
+            "gpu_memory_utilization": VLLM_GPU_MEMORY_SHARE}
+
+
+def vllm_sampling_args(max_new_tokens: int, stop_ids: list[int]) -> dict:
+    """``vllm.SamplingParams`` keyword arguments: greedy, ending where the transformers generator ends."""
+    return {"max_tokens": max_new_tokens, "temperature": 0.0, "stop_token_ids": stop_ids, "skip_special_tokens": True}
+
+
+class VLLMGenerator:
+    """Generation with vLLM (GPU); the embedding itself is still read with transformers. vLLM loads the weights the
+    embedding pass uses (a merged adapter, an added embed token, a de-quantized GGUF), saved to a temporary folder."""
+
+    def __init__(self, model, tokenizer, embed_id: int, max_model_len: int):
         try:
             import vllm
         except ImportError as exc:
             raise UserError("the vllm backend needs vLLM: pip install 'searchr3-eval[vllm]' (GPU only)") from exc
-        self.vllm = vllm
-        self.llm = vllm.LLM(model=model_path, tokenizer=model_path)
-        self.stop = [EMBED_TOKEN, tokenizer.eos_token]
+        dtype = str(model.dtype).removeprefix("torch.")
+        self.folder = tempfile.TemporaryDirectory(prefix="searchr3-vllm-")
+        engine = vllm_engine_args(self.folder.name, str(model.device), dtype, max_model_len)
+        model.save_pretrained(self.folder.name)
+        tokenizer.save_pretrained(self.folder.name)
+        self.vllm, self.llm = vllm, vllm.LLM(**engine)
+        self.stop_ids = stop_token_ids(tokenizer, embed_id)
 
     def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-        params = self.vllm.SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop=self.stop)
+        params = self.vllm.SamplingParams(**vllm_sampling_args(max_new_tokens, self.stop_ids))
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [o.outputs[0].text.strip() for o in outputs]
