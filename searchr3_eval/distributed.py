@@ -1,5 +1,6 @@
-"""Runs launched with ``torchrun``: every rank encodes a share of the batches, rank 0 gathers the embeddings,
-searches, scores and writes the results. Without ``torchrun`` (one process) nothing here does anything."""
+"""Runs launched with ``torchrun`` or ``accelerate launch``: the process group comes from accelerate; evaluation ranks
+encode a share of the batches and rank 0 gathers, searches, scores and writes; training ranks split each global
+batch and average gradients. Without a launcher (one process) nothing here does anything."""
 from __future__ import annotations
 
 import os
@@ -10,12 +11,13 @@ import torch.distributed as dist
 
 
 def init_from_env() -> None:
-    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1): NCCL where CUDA is present, else gloo."""
+    """Join the process group the launcher describes (WORLD_SIZE > 1) through accelerate: NCCL with each rank on
+    its own GPU where CUDA is present, else gloo on CPU."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available())
 
 
 def local_rank() -> int:
@@ -47,6 +49,50 @@ def gather_to_main(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * size if rank == 0 else []
     dist.gather_object(value, gathered if rank == 0 else None, dst=0)
     return gathered
+
+
+def shard_of(items: list, rank: int, size: int) -> list:
+    """The ``rank``-th of ``size`` contiguous, equal shares of ``items`` (the global batch must divide evenly)."""
+    if len(items) % size:
+        raise ValueError(f"a batch of {len(items)} does not split evenly across {size} processes")
+    share = len(items) // size
+    return items[rank * share : (rank + 1) * share]
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``x`` in rank order, with gradients flowing back to each rank's own rows (ranks may hold
+    different numbers of rows). Computing the same loss on every rank and averaging gradients then equals one
+    process's gradient on the whole batch."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    counts = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([len(x)], device=x.device))
+    most = int(max(counts))
+    padded = torch.cat([x, x.new_zeros(most - len(x), *x.shape[1:])])
+    return torch.cat([part[: int(n)] for part, n in zip(all_gather(padded), counts)])
+
+
+def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """Mean of each gradient across ranks (what DDP does, for forwards that do not go through a DDP wrapper)."""
+    if not dist.is_initialized():
+        return
+    size = dist.get_world_size()
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= size
+
+
+def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    if not dist.is_initialized():
+        return values
+    keys = sorted(values)
+    device = torch.device("cuda", local_rank()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, total)}
 
 
 def barrier() -> None:

@@ -63,12 +63,12 @@ def _blocks(emb: np.ndarray, block_rows: int, show_progress: bool, what: str) ->
 
 def build_index(spec: IndexSpec, doc_emb: np.ndarray, block_rows: int = BLOCK_ROWS, show_progress: bool = False,
                 seed: int = 0) -> faiss.Index:
-    """An approximate index over ``doc_emb`` (ivf: trained on a seeded sample of at most 256 rows per list)."""
+    """An approximate index over ``doc_emb`` (ivf: trained on a seeded sample of at most 64 rows per list)."""
     n, dim = doc_emb.shape
     if spec.kind == "ivf":
         nlist = spec.get("nlist") or max(1, min(int(4 * math.sqrt(n)), n // 39))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, min(nlist, n), faiss.METRIC_INNER_PRODUCT)
-        sample = np.sort(np.random.default_rng(seed).choice(n, min(n, 256 * index.nlist), replace=False))
+        sample = np.sort(np.random.default_rng(seed).choice(n, min(n, 64 * index.nlist), replace=False))
         index.train(np.ascontiguousarray(doc_emb[sample], dtype=np.float32))
         index.nprobe = spec.get("nprobe")
     elif spec.kind == "hnsw":

@@ -315,3 +315,33 @@ def test_rl_run_audits_its_index_against_a_fresh_one(tiny_model_dir, data_dir, t
     assert audit["documents"] == 40 and audit["steps"] == 2 and audit["queries_compared"] == 10
     assert 0 < audit["refresh_cost_vs_full_reencode"] < 1
     assert audit["positive_rank_agreement (same rank)"] == 1.0 and audit["top10_overlap_partial_vs_fresh"] == 1.0
+
+
+def test_sft_on_two_gloo_processes_matches_one_process(tiny_model_dir, tmp_path):
+    """The same global batch split over 2 CPU processes: InfoNCE over the whole batch, gradients averaged, so every
+    step's losses equal one process's (a wrong gradient shows from step 2 on)."""
+    import csv
+    import subprocess
+    import sys
+
+    import yaml
+
+    write_triples(tmp_path / "train.jsonl", keyword_triples(1, 32))
+    logs = {}
+    for processes in (1, 2):
+        config = {"model": str(tiny_model_dir), "output_dir": str(tmp_path / f"p{processes}"),
+                  "train_file": str(tmp_path / "train.jsonl"), "batch_size": 8, "max_steps": 4, "learning_rate": 1e-2,
+                  "temperature": 0.1, "max_length": 160, "mixed_precision": "no", "lora": True, "train_layers": 1,
+                  "weights": {"sft": 1.0, "kl": 0.1, "infonce": 1.0, "triplet": 1.0}}
+        (tmp_path / f"p{processes}.yaml").write_text(yaml.safe_dump(config))
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+        command = (launcher if processes == 2 else [sys.executable]) + [
+            "-m", "trainer.cli", "sft", "--config", str(tmp_path / f"p{processes}.yaml")]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        logs[processes] = list(csv.DictReader(open(tmp_path / f"p{processes}" / "loss_log.csv")))
+    assert len(logs[1]) == len(logs[2]) == 4
+    for one, two in zip(logs[1], logs[2]):
+        for term in ("total", "sft", "kl", "infonce", "triplet"):
+            assert float(two[term]) == pytest.approx(float(one[term]), rel=1e-4, abs=1e-5), (one["step"], term)
+    assert float(logs[1][-1]["total"]) < float(logs[1][0]["total"])  # the steps did train

@@ -26,7 +26,10 @@ def run_stage(stage: str, config: Path) -> int:
         from trainer.rl import train_rl
 
         summary = train_rl(load_config(config, RLConfig))
-    print(f"{stage}: {summary['steps']} steps; model -> {summary['model']}; log -> {summary['log']}")
+    from searchr3_eval.distributed import is_main
+
+    if is_main():
+        print(f"{stage}: {summary['steps']} steps; model -> {summary['model']}; log -> {summary['log']}")
     return 0
 
 

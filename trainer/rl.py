@@ -6,6 +6,7 @@ plus ``kl_beta`` * KL to the reference model (k3 estimator), over the generated 
 """
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -206,6 +207,8 @@ class GRPOTrainer:
 
 
 def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("RL trains in one process: its retrieval environment is not sharded across processes yet")
     triples, corpus = training_set(cfg)
     trainer = GRPOTrainer(cfg, triples, corpus)
     out = Path(cfg.output_dir)

@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.data import load_beir_folder
+from searchr3_eval.distributed import gather_rows
 from searchr3_eval.errors import UserError
 from trainer.config import SFTConfig
 from trainer.data import Triple, load_triples, mine_bm25_triples
@@ -53,7 +55,8 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
     terms = {
         "sft": answer_cross_entropy(logprobs, targets),
         "kl": kl,
-        "infonce": info_nce(queries, positives, negatives, cfg.temperature),
+        # across processes InfoNCE scores every query of the global batch against all its documents
+        "infonce": info_nce(gather_rows(queries), gather_rows(positives), gather_rows(negatives), cfg.temperature),
         "triplet": triplet(queries[owners], positives[owners], negatives[:, None, :], cfg.margin) if owners
         else torch.zeros_like(kl),
     }
@@ -96,14 +99,22 @@ def save_checkpoint(policy: Policy, optimizer, step: int, folder: Path) -> None:
 
 def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     """Train, checkpointing every ``save_every`` steps; an existing checkpoint is resumed. With an ``eval_file`` the
-    held-out InfoNCE is measured every ``eval_every`` steps and ``final`` is the checkpoint where it was lowest."""
+    held-out InfoNCE is measured every ``eval_every`` steps and ``final`` is the checkpoint where it was lowest.
+
+    Launched with ``accelerate launch`` or ``torchrun``, each process takes an equal share of every global batch
+    (``batch_size``), InfoNCE runs over the whole batch, gradients are averaged across processes, and process 0
+    writes logs, checkpoints and models."""
+    distributed.init_from_env()
+    rank, size = distributed.rank_and_size()
+    main = rank == 0
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     triples = training_triples(cfg)
     policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                     train_layers=cfg.train_layers, max_length=cfg.max_length, dtype=cfg.dtype,
                     mixed_precision=cfg.mixed_precision, attn_implementation=cfg.attn_implementation, device=cfg.device)
-    optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+    trainable = [p for p in policy.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size) / cfg.grad_accum)
     checkpoint = out / "checkpoint"
     step = 0
@@ -112,33 +123,41 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         policy.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
-    heldout = load_triples(cfg.eval_file) if cfg.eval_file else None
+    heldout = load_triples(cfg.eval_file) if cfg.eval_file and main else None
     evals = CSVLog(out / "heldout_log.csv", ["step", "heldout_infonce"]) if heldout else None
     if evals is not None and not evals.rows():
         evals.append({"step": 0, "heldout_infonce": heldout_infonce(policy, heldout, cfg.temperature)})
-    log = CSVLog(out / "loss_log.csv", COLUMNS)
-    for step in tqdm(range(step, total_steps), desc="sft", initial=step, total=total_steps, disable=not show_progress):
+    log = CSVLog(out / "loss_log.csv", COLUMNS) if main else None
+    for step in tqdm(range(step, total_steps), desc="sft", initial=step, total=total_steps,
+                     disable=not show_progress or not main):
         policy.model.train()
         start, tokens, sums = time.perf_counter(), 0, {}
         for micro in range(cfg.grad_accum):
             batch = batch_at(triples, step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
-            terms, n_tokens = sft_losses(policy, batch, cfg)
+            terms, n_tokens = sft_losses(policy, distributed.shard_of(batch, rank, size), cfg)
             (terms["total"] / cfg.grad_accum).backward()
             tokens += n_tokens
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
+        distributed.average_gradients(trainable)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        log.append({"step": step + 1, **sums, "tokens_per_second": tokens / (time.perf_counter() - start)})
-        if evals is not None and ((step + 1) % (cfg.eval_every or total_steps) == 0 or step + 1 == total_steps):
-            _evaluate_and_keep_best(policy, heldout, cfg, step + 1, evals, out / "final")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save_checkpoint(policy, optimizer, step + 1, checkpoint)
+        sums = distributed.mean_across_ranks({**sums, "tokens": tokens})
+        tokens_per_second = sums.pop("tokens") * size / (time.perf_counter() - start)
+        if main:
+            log.append({"step": step + 1, **sums, "tokens_per_second": tokens_per_second})
+            if evals is not None and ((step + 1) % (cfg.eval_every or total_steps) == 0 or step + 1 == total_steps):
+                _evaluate_and_keep_best(policy, heldout, cfg, step + 1, evals, out / "final")
+            if cfg.save_every and (step + 1) % cfg.save_every == 0:
+                save_checkpoint(policy, optimizer, step + 1, checkpoint)
+        distributed.barrier()
+    summary = {"steps": total_steps, "model": str(out / "final"), "log": str(out / "loss_log.csv")}
+    if not main:
+        return summary
     save_checkpoint(policy, optimizer, total_steps, checkpoint)
     if evals is None:
         policy.save(out / "final")
     plot_log(log, out / "loss_plot.png")
-    summary = {"steps": total_steps, "model": str(out / "final"), "log": str(log.path)}
     if evals is not None:
         rows = [(int(r["step"]), float(r["heldout_infonce"])) for r in evals.rows()]
         best = min(rows[1:], key=lambda r: r[1])
