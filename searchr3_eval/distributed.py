@@ -4,6 +4,7 @@ batch and average gradients. Without a launcher (one process) nothing here does 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -93,6 +94,31 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     total = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, total)}
+
+
+def all_gather_list(values: list) -> list:
+    """Every rank's ``values`` concatenated in rank order, on every rank."""
+    if not dist.is_initialized():
+        return list(values)
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(values))
+    return [v for part in parts for v in part]
+
+
+def map_sharded(encode: Callable[[list], torch.Tensor], items: list) -> torch.Tensor:
+    """``encode`` over every world-size-th item on each rank; every rank gets all rows, in ``items``' order."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return encode(items)
+    rank, size = rank_and_size()
+    mine = items[rank::size]
+    parts: list[Any] = [None] * size
+    dist.all_gather_object(parts, encode(mine).float().cpu() if mine else None)
+    width = next(p.shape[1] for p in parts if p is not None)
+    out = torch.empty(len(items), width)
+    for r, part in enumerate(parts):
+        if part is not None:
+            out[r::size] = part
+    return out
 
 
 def barrier() -> None:

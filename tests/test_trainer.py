@@ -1,5 +1,6 @@
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -345,3 +346,22 @@ def test_sft_on_two_gloo_processes_matches_one_process(tiny_model_dir, tmp_path)
         for term in ("total", "sft", "kl", "infonce", "triplet"):
             assert float(two[term]) == pytest.approx(float(one[term]), rel=1e-4, abs=1e-5), (one["step"], term)
     assert float(logs[1][-1]["total"]) < float(logs[1][0]["total"])  # the steps did train
+
+
+def test_rl_on_two_gloo_processes_shares_the_environment_and_keeps_replicas_in_sync(tiny_model_dir, data_dir, tmp_path):
+    """The index built by 2 processes (each encoding half the corpus) equals 1 process's; after GRPO steps on each
+    process's share of the batch both processes hold the same index and the same weights."""
+    import subprocess
+    import sys
+
+    worker = str(Path(__file__).with_name("rl_worker.py"))
+    for launcher in ([sys.executable], [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]):
+        proc = subprocess.run([*launcher, worker, str(tiny_model_dir), str(data_dir), str(tmp_path)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    start = [np.load(tmp_path / name) for name in ("index-start-1-0.npy", "index-start-2-0.npy", "index-start-2-1.npy")]
+    assert start[0].shape == (40, 32) and np.allclose(start[0], start[1], atol=1e-5) and np.array_equal(start[1], start[2])
+    assert np.array_equal(np.load(tmp_path / "index-end-2-0.npy"), np.load(tmp_path / "index-end-2-1.npy"))
+    ranks = [torch.load(tmp_path / f"weights-2-{r}.pt") for r in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(*ranks))
+    assert not np.array_equal(np.load(tmp_path / "index-end-2-0.npy"), start[1])  # the steps changed the policy

@@ -6,7 +6,6 @@ plus ``kl_beta`` * KL to the reference model (k3 estimator), over the generated 
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
@@ -92,11 +92,12 @@ class GRPOTrainer:
         corpus = corpus or Corpus(*corpus_from_triples(triples))
         self.positive_ids = corpus.positive_ids
         # documents go through the training forward: with train_layers their frozen lower layers are computed once,
-        # so a refresh re-runs only the trained top layers
-        self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts,
-                                        lambda texts: self.policy.embed(texts, "document", cfg.max_document_length),
-                                        top_k=cfg.top_k, refresh_every=cfg.refresh_every)
-        self.optimizer = torch.optim.AdamW([p for p in self.policy.model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+        # so a refresh re-runs only the trained top layers; across processes each encodes a share, all get the index
+        self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts, lambda texts: distributed.map_sharded(
+            lambda share: self.policy.embed(share, "document", cfg.max_document_length), texts),
+            top_k=cfg.top_k, refresh_every=cfg.refresh_every)
+        self.trainable = [p for p in self.policy.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
         self.stop_ids = self.policy.stop_ids
 
     @torch.no_grad()
@@ -139,11 +140,14 @@ class GRPOTrainer:
         return result[:, 1:]
 
     def step(self, batch: list[Triple], positive_ids: list[str]) -> dict:
+        """One GRPO step on this process's share of the batch; every process refreshes the same index rows (those
+        of the whole batch)."""
         cfg, start = self.cfg, time.perf_counter()
         rollouts = self.rollout([t.query for t in batch], cfg.group_size)
         rollout_seconds = time.perf_counter() - start
         group_positives = [p for p in positive_ids for _ in range(cfg.group_size)]
-        refresh = self.env.refresh_for_batch(rollouts.embeddings, group_positives)
+        refresh = self.env.refresh_for_batch(np.stack(distributed.all_gather_list(list(rollouts.embeddings))),
+                                             distributed.all_gather_list(group_positives))
         rewards, reciprocal = self.rewards(rollouts, group_positives)
         update = self.update(rollouts, rewards)
         tokens = sum(len(p) + len(a) for p, a in zip(rollouts.prompts, rollouts.actions))
@@ -175,6 +179,7 @@ class GRPOTrainer:
             per_token = -(surrogate - cfg.kl_beta * kl) * mask
             loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
             loss.backward()
+            distributed.average_gradients(self.trainable)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return {"loss": float(loss.item()), "kl": float(((kl * mask).sum() / mask.sum().clamp(min=1)).item())}
@@ -207,24 +212,33 @@ class GRPOTrainer:
 
 
 def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("RL trains in one process: its retrieval environment is not sharded across processes yet")
+    """GRPO steps over the training queries. Launched with ``accelerate launch`` or ``torchrun``, each process takes
+    an equal share of every batch, the environment's encoding is split across processes (each keeps the whole
+    index), gradients are averaged, and process 0 writes logs and models."""
+    distributed.init_from_env()
+    rank, size = distributed.rank_and_size()
+    main = rank == 0
     triples, corpus = training_set(cfg)
     trainer = GRPOTrainer(cfg, triples, corpus)
     out = Path(cfg.output_dir)
-    log = CSVLog(out / "rl_log.csv", COLUMNS)
+    log = CSVLog(out / "rl_log.csv", COLUMNS) if main else None
     order, steps = list(range(len(triples))), []
-    for step in tqdm(range(cfg.steps), desc="rl", disable=not show_progress):
+    for step in tqdm(range(cfg.steps), desc="rl", disable=not show_progress or not main):
         start = (step * cfg.batch_size) % len(triples)
         if start < cfg.batch_size:
             random.Random(cfg.seed + step).shuffle(order)
-        idx = order[start : start + cfg.batch_size]
-        steps.append(trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx]))
-        log.append({"step": step + 1, **steps[-1]})
-        if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint")
-    trainer.policy.save(out / "final")
-    plot_log(log, out / "rl_plot.png")
-    if cfg.audit_queries:
-        atomic_write_json(out / "index_audit.json", trainer.audit_index(steps, cfg.audit_queries))
+        idx = distributed.shard_of(order[start : start + cfg.batch_size], rank, size)
+        local = trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx])
+        steps.append(distributed.mean_across_ranks(local))  # the index rows refreshed are the same on every process
+        steps[-1]["tokens_per_second"] *= size
+        if main:
+            log.append({"step": step + 1, **steps[-1]})
+            if cfg.save_every and (step + 1) % cfg.save_every == 0:
+                save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint")
+    audit = trainer.audit_index(steps, cfg.audit_queries) if cfg.audit_queries else None  # every process encodes
+    if main:
+        trainer.policy.save(out / "final")
+        plot_log(log, out / "rl_plot.png")
+        if audit:
+            atomic_write_json(out / "index_audit.json", audit)
     return {"steps": cfg.steps, "model": str(out / "final"), "log": str(log.path)}
