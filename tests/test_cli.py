@@ -18,6 +18,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["run", "--tasks", "NoSuchTask"], "unknown task 'NoSuchTask'"),
         (["run", "--tasks", "MiniGSM", "--data-dir", "/nonexistent"], "is not a folder"),
         (["run", "--models", "searchr3:"], "needs a name or path"),
+        (["run", "--index", "annoy"], "unknown index 'annoy'; use one of flat, ivf, hnsw"),
+        (["run", "--index", "hnsw:ef=9"], "index hnsw has no parameter 'ef'"),
+        (["run", "--memmap-dir", "/nonexistent"], "--memmap-dir /nonexistent is not a folder"),
         (["report", "--output-dir", "/nonexistent-results"], "no results under"),
     ],
 )
