@@ -365,3 +365,30 @@ def test_rl_on_two_gloo_processes_shares_the_environment_and_keeps_replicas_in_s
     ranks = [torch.load(tmp_path / f"weights-2-{r}.pt") for r in (0, 1)]
     assert all(torch.equal(a, b) for a, b in zip(*ranks))
     assert not np.array_equal(np.load(tmp_path / "index-end-2-0.npy"), start[1])  # the steps changed the policy
+
+
+def test_lora_continued_from_an_adapter_keeps_that_adapter_as_its_kl_reference(tiny_model_dir, tmp_path):
+    """RL on top of an SFT adapter: KL must pull towards the SFT model it started from, not towards the base."""
+    start = Policy(str(tiny_model_dir), lora=True, mixed_precision="no")
+    with torch.no_grad():
+        for name, p in start.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # an adapter that really changes the model
+    start.save(tmp_path / "sft")
+    policy = Policy(str(tmp_path / "sft"), lora=True, mixed_precision="no")
+    sequences = policy.direct_sequences(["find apples", "a note about pears"], "query")[0]
+    trainable = [name for name, p in policy.model.named_parameters() if p.requires_grad]
+    with torch.no_grad():
+        current = policy.forward(sequences).hidden
+        with policy.reference_model() as reference:
+            ref = policy.forward(sequences, reference).hidden
+        with policy.model.disable_adapter():
+            base = policy.forward(sequences).hidden
+    assert torch.allclose(current, ref, atol=1e-5) and not torch.allclose(current, base, atol=1e-3)
+    assert [name for name, p in policy.model.named_parameters() if p.requires_grad] == trainable
+    assert trainable and all("reference" not in name for name in trainable)
+    policy.save(tmp_path / "rl")
+    assert not (tmp_path / "rl" / "reference").exists()
+    reloaded = Policy(str(tmp_path / "rl"), lora=True, mixed_precision="no")
+    with torch.no_grad():
+        assert torch.allclose(reloaded.forward(sequences).hidden, current, atol=1e-5)

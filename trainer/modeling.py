@@ -19,6 +19,9 @@ from searchr3_eval.models.llm import (
 from searchr3_eval.models.searchr3 import SearchR3Encoder, add_embed_token, embed_token_id, stop_token_ids
 
 
+REFERENCE_ADAPTER = "reference"
+
+
 def resolve_mixed_precision(mode: str, device: str) -> bool:
     """``auto``: bf16 autocast where the CPU computes bf16 natively, or on a bf16-capable GPU."""
     if mode == "auto":
@@ -45,10 +48,14 @@ class Policy:
         device = resolve_device(device)
         if attn_implementation == "auto":  # eager trains faster than sdpa on CPU (benchmarks/bench_sft_speed.py)
             attn_implementation = "eager" if device == "cpu" else "sdpa"
+        self.reference_adapter = False
         if is_adapter(model_path):  # a saved adapter: keep training it (LoRA) or train its merged weights
             manifest = read_manifest(model_path)
             self.base, self.base_vocab_size = manifest["base"], manifest["base_vocab_size"]
             model, tokenizer = load_adapter(model_path, dtype, attn_implementation, device, trainable=lora)
+            if lora:  # the reference is the starting adapter, not the base: a frozen second copy of it
+                model.load_adapter(str(model_path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+                self.reference_adapter = True
         else:
             self.base = model_path
             model, tokenizer, _, _ = load_causal_lm(model_path, dtype, attn_implementation, device)
@@ -67,6 +74,7 @@ class Policy:
         self.bf16_autocast = resolve_mixed_precision(mixed_precision, device)
         self.lora = lora
         self.frozen_layers = self._freeze_below_top(model, train_layers) if train_layers else 0
+        self.trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
         self.lower_cache = LowerLayerCache(self._causal_lm(model), tokenizer.pad_token_id, self.frozen_layers,
                                            self.autocast) if self.frozen_layers else None
         # the reference is the model with its adapters disabled (LoRA), else a frozen copy
@@ -105,8 +113,17 @@ class Policy:
 
     @contextmanager
     def reference_model(self):
-        """The frozen reference: the base weights (LoRA disabled) or the frozen copy."""
-        if self.lora:
+        """The frozen reference: the starting adapter (LoRA continued from a saved adapter), the base weights (a new
+        LoRA, disabled) or the frozen copy (full fine-tune)."""
+        if self.reference_adapter:
+            self.model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+            try:
+                yield self.model
+            finally:
+                self.model.set_adapter("default")
+                for name, p in self.model.named_parameters():  # set_adapter re-enables every default weight
+                    p.requires_grad_(name in self.trainable_names)
+        elif self.lora:
             with self.model.disable_adapter():
                 yield self.model
         else:

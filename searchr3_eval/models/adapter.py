@@ -49,7 +49,8 @@ def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int
     folder = Path(folder)
     for config in peft_model.peft_config.values():  # the base spec, not this machine's path to it
         config.base_model_name_or_path = base
-    peft_model.save_pretrained(folder, save_embedding_layers=False)  # the added rows are saved below
+    # the added rows are saved below; a training run's frozen reference copy of the adapter is not saved
+    peft_model.save_pretrained(folder, save_embedding_layers=False, selected_adapters=["default"])
     model = peft_model.get_base_model()
     rows = {"input": model.get_input_embeddings().weight[base_vocab_size:].detach().float().cpu().contiguous()}
     output = model.get_output_embeddings()
