@@ -111,8 +111,7 @@ def map_sharded(encode: Callable[[list], torch.Tensor], items: list) -> torch.Te
         return encode(items)
     rank, size = rank_and_size()
     mine = items[rank::size]
-    parts: list[Any] = [None] * size
-    dist.all_gather_object(parts, encode(mine).float().cpu() if mine else None)
+    parts = all_gather_list([encode(mine).float().cpu() if mine else None])
     width = next(p.shape[1] for p in parts if p is not None)
     out = torch.empty(len(items), width)
     for r, part in enumerate(parts):

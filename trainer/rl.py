@@ -202,14 +202,6 @@ class GRPOTrainer:
             **agreement,
         }
 
-    def evaluate(self, group_size: int = 4, seed: int = 1234) -> float:
-        """Mean reward of fresh rollouts on every training query, with a fixed sampling seed."""
-        self.env.full_refresh()
-        generator = torch.Generator().manual_seed(seed)
-        rollouts = self.rollout([t.query for t in self.triples], group_size, generator)
-        positives = [p for p in self.positive_ids for _ in range(group_size)]
-        return float(self.rewards(rollouts, positives)[0].mean())
-
 
 def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
     """GRPO steps over the training queries. Launched with ``accelerate launch`` or ``torchrun``, each process takes
