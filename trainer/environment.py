@@ -80,7 +80,7 @@ def agreement_with_fresh_index(env: RetrievalEnvironment, queries: np.ndarray, p
     ranks, fresh_ranks = env.ranks(queries, positive_ids), fresh.ranks(queries, positive_ids)
     return {
         "queries_compared": len(positive_ids),
-        "full_refresh_seconds": round(full.seconds, 1),
+        "full_refresh_seconds": full.seconds,
         "positive_rank_agreement (same rank)": round(float(np.mean(ranks == fresh_ranks)), 3),
         "reward_agreement (1 - mean |1/r - 1/r_fresh|)": round(float(1 - np.mean(np.abs(1 / ranks - 1 / fresh_ranks))), 4),
         "top10_overlap_partial_vs_fresh": round(overlap_at_k(env.rankings(queries, 10), fresh.rankings(queries, 10)), 3),

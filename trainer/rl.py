@@ -199,7 +199,7 @@ class GRPOTrainer:
             "refresh_cost_vs_full_reencode": round(refresh / initial, 3),
             "refresh_cost_vs_full_refresh": round(refresh / agreement["full_refresh_seconds"], 3),
             "step_seconds_mean": round(float(np.mean([s["rollout_seconds"] + s["refresh_seconds"] for s in steps])), 2),
-            **agreement,
+            **agreement, "full_refresh_seconds": round(agreement["full_refresh_seconds"], 1),
         }
 
 
