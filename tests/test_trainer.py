@@ -95,6 +95,47 @@ def test_sft_lowers_heldout_contrastive_loss_and_resumes(tiny_model_dir, tmp_pat
     assert len((tmp_path / "out" / "loss_log.csv").read_text().splitlines()) == 33
 
 
+def emitted_analyses(policy: Policy, queries: list[str]) -> list[tuple[str, bool]]:
+    """Greedy reasoning-mode generations: (analysis, whether the model wrote the embed token itself)."""
+    from searchr3_eval.models.llm import left_pad
+
+    ids, mask = left_pad(policy.prompter.generation_prompts(queries, "query"), policy.tokenizer.pad_token_id)
+    out = policy.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
+                                eos_token_id=policy.stop_ids, pad_token_id=policy.tokenizer.pad_token_id)
+    rows = out[:, ids.shape[1]:].tolist()
+    return [(policy.tokenizer.decode(r, skip_special_tokens=True), policy.embed_id in r) for r in rows]
+
+
+def test_reasoning_sft_teaches_an_analysis_before_the_embed_token(tiny_model_dir, tmp_path):
+    """Triples with an analysis (here the query's topic word) are also trained in reasoning format. Afterwards, on
+    unseen queries, the reasoning answers ("<topic>. The embedding is <|embed_token|>") are far more likely than under
+    direct-only SFT on the same data, and greedy generation writes something before the direct phrase, where the
+    direct model answers "The embedding is" at once (this tiny model is too weak to copy the topic reliably)."""
+    def with_topic(triples):
+        return [Triple(t.query, t.positive, t.negatives, t.query.split()[-1]) for t in triples]
+
+    write_triples(tmp_path / "train.jsonl", with_topic(keyword_triples(1, 96)))
+    unseen = with_topic(keyword_triples(2, 8))
+    base = dict(model=str(tiny_model_dir), train_file=str(tmp_path / "train.jsonl"), learning_rate=1e-2, batch_size=16,
+                max_steps=60, temperature=0.1, max_length=160, mixed_precision="no")
+    direct = Policy(train_sft(SFTConfig(output_dir=str(tmp_path / "direct"), **base), show_progress=False)["model"],
+                    max_length=160)
+    reasoned = Policy(train_sft(SFTConfig(output_dir=str(tmp_path / "reasoning"), reasoning=True, **base),
+                                show_progress=False)["model"], max_length=160)
+
+    def answer_loss(policy: Policy) -> float:
+        sequences, answers = policy.reasoning_sequences([t.query for t in unseen], [t.analysis for t in unseen], "query")
+        with torch.no_grad():
+            _, logprobs, targets = policy.answer_forward(sequences, answers)
+        return -logprobs.gather(1, targets[:, None]).mean().item()
+
+    assert answer_loss(reasoned) < answer_loss(direct) / 2
+    direct_generations = emitted_analyses(direct, [t.query for t in unseen])
+    assert all(analysis.startswith("The embedding is") for analysis, _ in direct_generations), direct_generations
+    generations = emitted_analyses(reasoned, [t.query for t in unseen])
+    assert not any(analysis.startswith("The embedding is") for analysis, _ in generations), generations
+
+
 def test_environment_partial_refresh_tracks_a_fresh_index():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(50, 8)).astype(np.float32)

@@ -57,6 +57,9 @@ class SFTConfig(RunConfig):
     epochs: int = 1
     max_steps: int | None = None
     eval_every: int | None = None  # held-out InfoNCE every N steps (and at the end); final = the best
+    # also train each query that has an analysis in reasoning format (analysis, the direct phrase, the embed token);
+    # the language-model loss then covers only those answers, since a direct answer is never generated
+    reasoning: bool = False
 
 
 @dataclass(kw_only=True)

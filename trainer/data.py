@@ -1,4 +1,4 @@
-"""Training triples: (query, positive, negatives) from jsonl, or mined from BEIR qrels with BM25."""
+"""Training triples: (query, positive, negatives, analysis?) from jsonl, or mined from BEIR qrels with BM25."""
 from __future__ import annotations
 
 import json
@@ -16,10 +16,11 @@ class Triple:
     query: str
     positive: str
     negatives: list[str]
+    analysis: str | None = None  # a target analysis for reasoning-format SFT (BEIR: the positive's title)
 
 
 def load_triples(path: str | Path, keep_splits: list[str] | None = None) -> list[Triple]:
-    """Rows ``{"query", "positive", "negatives"?}``; with ``keep_splits``, a row with a ``split`` field is kept only if
+    """Rows ``{"query", "positive", "negatives"?, "analysis"?}``; with ``keep_splits``, a row with a ``split`` field is kept only if
     its split is listed."""
     path = Path(path)
     if not path.is_file():
@@ -32,7 +33,9 @@ def load_triples(path: str | Path, keep_splits: list[str] | None = None) -> list
             row = json.loads(line)
             if keep_splits is not None and "split" in row and row["split"] not in keep_splits:
                 continue
-            triples.append(Triple(str(row["query"]), str(row["positive"]), [str(n) for n in row.get("negatives", [])]))
+            analysis = row.get("analysis")
+            triples.append(Triple(str(row["query"]), str(row["positive"]), [str(n) for n in row.get("negatives", [])],
+                                  None if analysis is None else str(analysis)))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"{path} line {line_no}: expected {{\"query\", \"positive\", \"negatives\"}} ({exc})") from exc
     if not triples:
@@ -43,12 +46,16 @@ def load_triples(path: str | Path, keep_splits: list[str] | None = None) -> list
 def write_triples(path: str | Path, triples: list[Triple]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for t in triples:
-            handle.write(json.dumps({"query": t.query, "positive": t.positive, "negatives": t.negatives}) + "\n")
+            row = {"query": t.query, "positive": t.positive, "negatives": t.negatives}
+            if t.analysis is not None:
+                row["analysis"] = t.analysis
+            handle.write(json.dumps(row) + "\n")
 
 
 def mine_bm25_triples(task: RetrievalTask, num_negatives: int = 1, seed: int = 0) -> list[Triple]:
     """One triple per judged (query, positive); negatives are the best BM25 documents not judged relevant,
-    topped up with random unjudged documents when BM25 matches too few."""
+    topped up with random unjudged documents when BM25 matches too few. A positive with a title gives the triple its
+    analysis: the title of a document that answers the query (a HyDE-style target for reasoning-format SFT)."""
     run = BM25Retriever(show_progress=False).search(task, top_k=num_negatives + 20)
     rng = random.Random(seed)
     doc_ids = list(task.corpus)
@@ -59,5 +66,6 @@ def mine_bm25_triples(task: RetrievalTask, num_negatives: int = 1, seed: int = 0
         negatives = [document_text(task.corpus[d]) for d in dict.fromkeys(pool)][:num_negatives]
         for doc_id, grade in judged.items():
             if grade > 0 and doc_id in task.corpus:
-                triples.append(Triple(task.queries[qid], document_text(task.corpus[doc_id]), negatives))
+                title = task.corpus[doc_id].get("title", "").strip()
+                triples.append(Triple(task.queries[qid], document_text(task.corpus[doc_id]), negatives, title or None))
     return triples

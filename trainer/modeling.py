@@ -16,7 +16,7 @@ from searchr3_eval.models.llm import (
     cpu_has_native_bf16, last_hidden_states, left_pad, load_causal_lm, lower_hidden_states, padded_forward,
     resolve_device, upper_forward,
 )
-from searchr3_eval.models.searchr3 import SearchR3Encoder, add_embed_token, embed_token_id, stop_token_ids
+from searchr3_eval.models.searchr3 import EMBED_TOKEN, SearchR3Encoder, add_embed_token, embed_token_id, stop_token_ids
 
 
 REFERENCE_ADAPTER = "reference"
@@ -187,6 +187,18 @@ class Policy:
         """Direct-mode sequences (capped at ``max_length``) and the length of each one's answer (phrase + embed token)."""
         sequences = self.prompter.sequences(texts, kind, max_length=max_length)
         return sequences, [self.prompter.direct_answer_length(kind)] * len(texts)
+
+    def reasoning_sequences(self, texts: list[str], analyses: list[str], kind: str,
+                            max_length: int | None = None) -> tuple[list[list[int]], list[int]]:
+        """Reasoning-format sequences as the model should write them (generation stops at the embed token): the
+        analysis (cut to fit ``max_new_tokens``), the direct phrase, the token; and each one's answer length."""
+        tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        phrase = self.prompter.prompts.direct_answer.strip()
+        budget = self.prompter.max_new_tokens - len(tokenize(f". {phrase} {EMBED_TOKEN}"))
+        answers = [f"{self.tokenizer.decode(tokenize(a.strip())[:budget]).rstrip('.')}. {phrase}" for a in analyses]
+        sequences = self.prompter.sequences(texts, kind, analyses=answers, max_length=max_length)
+        lengths = [len(tokenize(f"{a} {EMBED_TOKEN}")) for a in answers]
+        return sequences, [min(n, len(s) - 1) for n, s in zip(lengths, sequences)]
 
     @torch.no_grad()
     def encode(self, texts: list[str], kind: str, batch_size: int = 16) -> torch.Tensor:

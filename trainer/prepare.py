@@ -28,7 +28,7 @@ def prepare_data(cfg: DataConfig) -> dict:
     for folder in cfg.beir_dirs:
         sources[folder] = mine_bm25_triples(load_beir_folder(Path(folder), cfg.beir_split), cfg.num_negatives, cfg.seed)
     for path in cfg.pair_files:
-        sources[path] = [Triple(t.query, t.positive, t.negatives[: cfg.num_negatives])
+        sources[path] = [Triple(t.query, t.positive, t.negatives[: cfg.num_negatives], t.analysis)
                          for t in load_triples(path, cfg.keep_splits)]
     if not sources:
         raise UserError("the data config needs beir_dirs or pair_files")

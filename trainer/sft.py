@@ -44,21 +44,32 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
     q_seq, q_answer = policy.direct_sequences([t.query for t in batch], "query", cfg.max_query_length)
     d_seq, d_answer = policy.direct_sequences(docs, "document", cfg.max_document_length)
     sequences, answers = q_seq + d_seq, q_answer + d_answer
+    reasoning_rows = [row for row, t in enumerate(batch) if t.analysis] if cfg.reasoning else []
+    if cfg.reasoning:  # the language model learns to write analyses; a direct answer is never generated
+        r_seq, r_answer = policy.reasoning_sequences([batch[row].query for row in reasoning_rows],
+                                                     [batch[row].analysis for row in reasoning_rows], "query",
+                                                     cfg.max_query_length)
+        sequences, answers = sequences + r_seq, [0] * len(answers) + r_answer
     embeddings, logprobs, targets = policy.answer_forward(sequences, answers, batch_tokens=cfg.batch_tokens)
     kl = torch.zeros((), device=embeddings.device)
-    if cfg.weights.kl > 0:  # the reference forward costs as much as the policy's; skip it when KL is off
+    if cfg.weights.kl > 0 and len(targets):  # the reference forward costs as much as the policy's; skip it when off
         with torch.no_grad(), policy.reference_model() as reference:
             _, ref_logprobs, _ = policy.answer_forward(sequences, answers, reference, cfg.batch_tokens)
         kl = token_kl(logprobs, ref_logprobs)
-    size = len(batch)
-    queries, positives, negatives = embeddings[:size], embeddings[size : 2 * size], embeddings[2 * size :]
+    size, n_docs = len(batch), len(docs)
+    queries, positives, negatives = embeddings[:size], embeddings[size : 2 * size], embeddings[2 * size : size + n_docs]
+    views = [queries]  # each query's direct embedding, and with reasoning its reasoning one where it has an analysis
+    if cfg.reasoning:
+        rows = torch.tensor(reasoning_rows, dtype=torch.long, device=queries.device)
+        views.append(queries.index_copy(0, rows, embeddings[size + n_docs :]))
+    all_positives, all_negatives = gather_rows(positives), gather_rows(negatives)
     terms = {
-        "sft": answer_cross_entropy(logprobs, targets),
+        "sft": answer_cross_entropy(logprobs, targets) if len(targets) else logprobs.sum(),
         "kl": kl,
         # across processes InfoNCE scores every query of the global batch against all its documents
-        "infonce": info_nce(gather_rows(queries), gather_rows(positives), gather_rows(negatives), cfg.temperature),
-        "triplet": triplet(queries[owners], positives[owners], negatives[:, None, :], cfg.margin) if owners
-        else torch.zeros_like(kl),
+        "infonce": sum(info_nce(gather_rows(v), all_positives, all_negatives, cfg.temperature) for v in views) / len(views),
+        "triplet": sum(triplet(v[owners], positives[owners], negatives[:, None, :], cfg.margin) for v in views) / len(views)
+        if owners else torch.zeros_like(kl),
     }
     w = cfg.weights
     terms["total"] = w.sft * terms["sft"] + w.kl * terms["kl"] + w.infonce * terms["infonce"] + w.triplet * terms["triplet"]
