@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from searchr3_eval.cache import EmbeddingCache
+from searchr3_eval.cache import EmbeddingCache, text_hash
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base_llm import LastTokenEncoder
 from searchr3_eval.models.mteb_wrapper import MTEBEncoder
@@ -34,6 +34,18 @@ def test_embeddings_have_hidden_size_and_unit_norm(encoder):
     assert vectors.shape == (5, 32) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_broken_weights_stop_with_one_error_instead_of_scoring_zero(tiny_model_dir, tmp_path):
+    """NaN weights (as a training run whose loss diverged saves them) give NaN embeddings; the encoder stops with a
+    UserError before anything is cached or scored."""
+    broken = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False)
+    with torch.no_grad():
+        broken.model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    broken.cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    with pytest.raises(UserError, match="non-finite embeddings"):
+        broken.encode(TEXTS, "document")
+    assert broken.cache.get(broken.cache_key("document"), [text_hash(t) for t in TEXTS]) == {}
 
 
 def test_hidden_state_is_read_at_the_embed_token_under_left_padding(encoder):

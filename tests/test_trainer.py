@@ -95,6 +95,14 @@ def test_sft_lowers_heldout_contrastive_loss_and_resumes(tiny_model_dir, tmp_pat
     assert len((tmp_path / "out" / "loss_log.csv").read_text().splitlines()) == 33
 
 
+def test_a_diverging_loss_stops_sft_before_it_reaches_the_weights(tiny_model_dir, tmp_path):
+    write_triples(tmp_path / "train.jsonl", keyword_triples(1, 32))
+    cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
+                    learning_rate=1e12, batch_size=16, max_steps=6, max_length=160, mixed_precision="no")
+    with pytest.raises(UserError, match=r"sft step [2-6]: the loss is (nan|inf)"):
+        train_sft(cfg, show_progress=False)
+
+
 def emitted_analyses(policy: Policy, queries: list[str]) -> list[tuple[str, bool]]:
     """Greedy reasoning-mode generations: (analysis, whether the model wrote the embed token itself)."""
     from searchr3_eval.models.llm import left_pad

@@ -34,7 +34,7 @@ class RunConfig:
     seed: int = 0
     dtype: str = "float32"  # weights and optimiser state
     mixed_precision: str = "auto"  # bf16 autocast for forwards: auto (where bf16 is native), bf16 or no
-    attn_implementation: str = "auto"  # auto: eager on CPU (measured faster for training there), sdpa on GPU
+    attn_implementation: str = "auto"  # auto: eager (faster on CPU; sdpa's CUDA gradients are NaN at left padding)
     device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
 
 

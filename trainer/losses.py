@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from searchr3_eval.errors import UserError
+
 
 def info_nce(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None, temperature: float) -> torch.Tensor:
     """Cosine InfoNCE: each query against every positive in the batch (in-batch) and all hard negatives."""
@@ -26,3 +28,10 @@ def token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor
 
 def answer_cross_entropy(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -logprobs.gather(1, targets[:, None]).mean()
+
+
+def require_finite(loss: torch.Tensor, where: str) -> None:
+    """Stop with one clear line when a loss is NaN or infinite, before it reaches the weights (checkpoints are kept)."""
+    if not torch.isfinite(loss).all():
+        raise UserError(f"{where}: the loss is {loss.item()}; training stopped, the last checkpoint is kept "
+                        "(lower the learning rate, or try mixed_precision: no)")

@@ -46,8 +46,10 @@ class Policy:
                  dtype: str = "float32", mixed_precision: str = "no", attn_implementation: str = "auto",
                  device: str = "auto"):
         device = resolve_device(device)
-        if attn_implementation == "auto":  # eager trains faster than sdpa on CPU (benchmarks/bench_sft_speed.py)
-            attn_implementation = "eager" if device == "cpu" else "sdpa"
+        if attn_implementation == "auto":
+            # eager: faster than sdpa for training on CPU (benchmarks/bench_sft_speed.py), and on CUDA sdpa's gradients
+            # turn NaN at left padding, whose rows mask every key (seen on an H200: NaN weights after 4 SFT steps)
+            attn_implementation = "eager"
         self.reference_adapter = False
         if is_adapter(model_path):  # a saved adapter: keep training it (LoRA) or train its merged weights
             manifest = read_manifest(model_path)

@@ -24,6 +24,7 @@ from trainer.config import RLConfig
 from trainer.data import Triple, load_triples
 from trainer.environment import RetrievalEnvironment, agreement_with_fresh_index
 from trainer.logging_utils import CSVLog, plot_log
+from trainer.losses import require_finite
 from trainer.modeling import Policy
 from trainer.sft import save_checkpoint
 
@@ -178,6 +179,7 @@ class GRPOTrainer:
             kl = (ref - new).exp() - (ref - new) - 1
             per_token = -(surrogate - cfg.kl_beta * kl) * mask
             loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
+            require_finite(loss, "rl update")
             loss.backward()
             distributed.average_gradients(self.trainable)
             self.optimizer.step()

@@ -18,7 +18,7 @@ from searchr3_eval.errors import UserError
 from trainer.config import SFTConfig
 from trainer.data import Triple, load_triples, mine_bm25_triples
 from trainer.logging_utils import CSVLog, plot_log
-from trainer.losses import answer_cross_entropy, info_nce, token_kl, triplet
+from trainer.losses import answer_cross_entropy, info_nce, require_finite, token_kl, triplet
 from trainer.modeling import Policy
 
 COLUMNS = ["step", "total", "sft", "kl", "infonce", "triplet", "tokens_per_second"]
@@ -146,6 +146,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         for micro in range(cfg.grad_accum):
             batch = batch_at(triples, step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
             terms, n_tokens = sft_losses(policy, distributed.shard_of(batch, rank, size), cfg)
+            require_finite(terms["total"], f"sft step {step + 1}")
             (terms["total"] / cfg.grad_accum).backward()
             tokens += n_tokens
             for k, v in terms.items():

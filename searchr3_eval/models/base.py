@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from searchr3_eval.cache import EmbeddingCache, text_hash
 from searchr3_eval.data import RetrievalTask, document_text
 from searchr3_eval.distributed import broadcast_from_main, gather_to_main, is_main, rank_and_size
+from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import Run
 from searchr3_eval.retrieval import dense_search, parse_index
 
@@ -150,6 +151,10 @@ class DenseEncoder(ABC):
             for batch in mine:
                 batch_hashes = [todo[j] for j in batch]
                 vectors, why = self.embed([texts[rows_of[h][0]] for h in batch_hashes], kind)
+                if not np.isfinite(vectors).all():  # never scored, never cached: a NaN model would score 0 silently
+                    broken = int((~np.isfinite(vectors).all(axis=1)).sum())
+                    raise UserError(f"{self.name} gave non-finite embeddings (NaN or inf) for {broken} of {len(batch)} "
+                                    f"{PLURAL[kind]} in a batch: its weights or settings are broken")
                 if size == 1:  # stored as it goes, so an interrupted run keeps what it encoded
                     store(batch_hashes, vectors, why, put=True)
                 else:
