@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from searchr3_eval.errors import UserError
+from searchr3_eval.memory import return_freed_memory
 
 PROG = "searchr3-eval"
 QUIET_ENV = {"TQDM_DISABLE": "1"}
@@ -157,6 +158,7 @@ def command_tasks(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    return_freed_memory()  # long encodes and training steps of varying shapes otherwise fragment the heap
     # tqdm reads TQDM_DISABLE when first imported, which building the parser already does
     with quiet_libraries() if "--quiet" in argv else nullcontext():
         return run_command(argv)

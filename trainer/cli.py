@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from searchr3_eval.errors import UserError
+from searchr3_eval.memory import return_freed_memory
 
 
 def run_stage(stage: str, config: Path) -> int:
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=["data", "sft", "rl"])
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
+    return_freed_memory()
     try:
         return run_stage(args.stage, args.config)
     except UserError as exc:
