@@ -22,7 +22,7 @@ timed() {  # timed NAME COMMAND...: run it, then print its exit status and wall 
 evaluate() {  # evaluate NAME MODEL [OPTIONS...]: SciFact test, results under OUT/eval
     local name=$1 model=$2
     shift 2
-    timed "$name" python3 -m searchr3_eval run --tasks SciFact --data-dir ../shared/data/beir --models "searchr3:$model" \
+    timed "$name" python3 -m searchr3_eval.cli run --tasks SciFact --data-dir ../shared/data/beir --models "searchr3:$model" \
         --device cuda --output-dir "$OUT/eval" --quiet "$@"
 }
 config() {  # config SOURCE KEY=VALUE...: a copy of a trainer config with keys replaced, written to runs/
@@ -42,23 +42,23 @@ run_step() {
     case $1 in
     shipped) evaluate shipped-direct smollm2-sft ;;
     sft-speed)
-        timed data python3 -m trainer data --config trainer/configs/data_smollm2.yaml
-        timed sft-speed python3 -m trainer sft --config "$(config trainer/configs/sft_smollm2.yaml \
+        timed data python3 -m trainer.cli data --config trainer/configs/data_smollm2.yaml
+        timed sft-speed python3 -m trainer.cli sft --config "$(config trainer/configs/sft_smollm2.yaml \
             output_dir=runs/sft-speed-gpu max_steps=20 eval_file=null save_every=1000)" ;;
     sft-reasoning)
-        timed data-reasoning python3 -m trainer data --config trainer/configs/data_reasoning_smollm2.yaml
-        timed sft-reasoning python3 -m trainer sft --config "$(config trainer/configs/sft_reasoning_smollm2.yaml \
+        timed data-reasoning python3 -m trainer.cli data --config trainer/configs/data_reasoning_smollm2.yaml
+        timed sft-reasoning python3 -m trainer.cli sft --config "$(config trainer/configs/sft_reasoning_smollm2.yaml \
             output_dir=runs/sft-reasoning-gpu)" ;;
     sft-reasoning-eval)
         evaluate sft-reasoning-off runs/sft-reasoning-gpu/final
         evaluate sft-reasoning-on runs/sft-reasoning-gpu/final --reasoning on --max-new-tokens 32 ;;
     grpo)
-        timed grpo python3 -m trainer rl --config "$(config trainer/configs/rl_smollm2.yaml \
+        timed grpo python3 -m trainer.cli rl --config "$(config trainer/configs/rl_smollm2.yaml \
             model=runs/sft-reasoning-gpu/final output_dir=runs/rl-reasoning-gpu)"
         evaluate grpo-off runs/rl-reasoning-gpu/final
         evaluate grpo-on runs/rl-reasoning-gpu/final --reasoning on --max-new-tokens 32 ;;
     sft-full)
-        timed sft-full python3 -m trainer sft --config "$(config trainer/configs/sft_smollm2.yaml output_dir=runs/sft-smollm2-gpu)"
+        timed sft-full python3 -m trainer.cli sft --config "$(config trainer/configs/sft_smollm2.yaml output_dir=runs/sft-smollm2-gpu)"
         evaluate sft-full-off runs/sft-smollm2-gpu/final ;;
     *) echo "unknown step $1" ;;
     esac

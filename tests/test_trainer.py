@@ -103,15 +103,9 @@ def test_a_diverging_loss_stops_sft_before_it_reaches_the_weights(tiny_model_dir
         train_sft(cfg, show_progress=False)
 
 
-def emitted_analyses(policy: Policy, queries: list[str]) -> list[tuple[str, bool]]:
-    """Greedy reasoning-mode generations: (analysis, whether the model wrote the embed token itself)."""
-    from searchr3_eval.models.llm import left_pad
-
-    ids, mask = left_pad(policy.prompter.generation_prompts(queries, "query"), policy.tokenizer.pad_token_id)
-    out = policy.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
-                                eos_token_id=policy.stop_ids, pad_token_id=policy.tokenizer.pad_token_id)
-    rows = out[:, ids.shape[1]:].tolist()
-    return [(policy.tokenizer.decode(r, skip_special_tokens=True), policy.embed_id in r) for r in rows]
+def greedy_analyses(policy: Policy, queries: list[str]) -> list[str]:
+    """What the evaluation's reasoning mode generates for ``queries`` (greedy, up to the embed token)."""
+    return policy.prompter.generator(policy.prompter.generation_prompts(queries, "query"), 16)
 
 
 def test_reasoning_sft_teaches_an_analysis_before_the_embed_token(tiny_model_dir, tmp_path):
@@ -138,10 +132,10 @@ def test_reasoning_sft_teaches_an_analysis_before_the_embed_token(tiny_model_dir
         return -logprobs.gather(1, targets[:, None]).mean().item()
 
     assert answer_loss(reasoned) < answer_loss(direct) / 2
-    direct_generations = emitted_analyses(direct, [t.query for t in unseen])
-    assert all(analysis.startswith("The embedding is") for analysis, _ in direct_generations), direct_generations
-    generations = emitted_analyses(reasoned, [t.query for t in unseen])
-    assert not any(analysis.startswith("The embedding is") for analysis, _ in generations), generations
+    direct_generations = greedy_analyses(direct, [t.query for t in unseen])
+    assert all(analysis.startswith("The embedding is") for analysis in direct_generations), direct_generations
+    generations = greedy_analyses(reasoned, [t.query for t in unseen])
+    assert not any(analysis.startswith("The embedding is") for analysis in generations), generations
 
 
 def test_environment_partial_refresh_tracks_a_fresh_index():
