@@ -100,6 +100,25 @@ def test_reasoning_text_is_generated_and_cached(tiny_model_dir, tmp_path):
     assert enc.last_stats.reasoning == [None]
 
 
+def test_an_analysis_ends_at_the_embed_token_the_end_of_turn_or_the_direct_phrase(encoder):
+    """The trained answer is "<analysis>. The embedding is <|embed_token|>": once the model has written the phrase
+    only the token may follow, so the analysis ends there (a model that never writes the token would otherwise run on
+    to max_new_tokens and embed whatever it wrote after the phrase)."""
+    from searchr3_eval.models.searchr3 import analysis_length
+
+    tok, embed = encoder.tokenizer, encoder.embed_id
+    stops, phrase = encoder.generator.stop_ids, encoder.generator.phrase
+    assert phrase == "The embedding is"
+    title = tok("Vitamin D and bone density.", add_special_tokens=False)["input_ids"]
+    answer = tok("Vitamin D and bone density. The embedding is", add_special_tokens=False)["input_ids"]
+    rambling = answer + tok(" Picchu is Picchu is", add_special_tokens=False)["input_ids"]
+    end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
+    assert analysis_length(tok, rambling, stops, embed, phrase) == (len(answer), True)
+    assert analysis_length(tok, title + [embed, *title], stops, embed, phrase) == (len(title), True)
+    assert analysis_length(tok, title + [end_of_turn], stops, embed, phrase) == (len(title), False)
+    assert analysis_length(tok, title, stops, embed, phrase) == (len(title), False)
+
+
 def test_cache_key_depends_on_settings(tiny_model_dir):
     off = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False)
     on = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, reasoning="on", show_progress=False)
@@ -136,8 +155,9 @@ def test_vllm_arguments_mirror_the_transformers_generation(tiny_model_dir):
     stops = stop_token_ids(encoder.tokenizer, encoder.embed_id)
     assert encoder.embed_id in stops and encoder.tokenizer.convert_tokens_to_ids("<|im_end|>") in stops
     assert stops == encoder.generator.stop_ids  # the transformers generator stops at the same tokens
-    sampling = vllm_sampling_args(16, stops)
-    assert sampling == {"max_tokens": 16, "temperature": 0.0, "stop_token_ids": stops, "skip_special_tokens": True}
+    sampling = vllm_sampling_args(16, stops, "The embedding is")
+    assert sampling == {"max_tokens": 16, "temperature": 0.0, "stop_token_ids": stops, "skip_special_tokens": True,
+                        "stop": ["The embedding is"], "include_stop_str_in_output": True}
     with pytest.raises(UserError, match="generates on a CUDA GPU, and this run's device is cpu"):
         vllm_engine_args("/tmp/m", "cpu", "float32", 112)
     with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES=2 and --device cuda"):

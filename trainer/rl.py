@@ -1,6 +1,7 @@
 """GRPO-style RL: sample G reasoning rollouts per query, reward their embeddings' retrieval quality.
 
-reward = 1 / rank(positive) + format_reward * [the model emitted the embed token itself];
+reward = 1 / rank(positive) + format_reward * [the answer ended as trained: the embed token, or the direct phrase that
+only the token may follow];
 advantages are normalised within each query's group; the loss is the clipped policy-gradient objective
 plus ``kl_beta`` * KL to the reference model (k3 estimator), over the generated tokens.
 """
@@ -20,6 +21,7 @@ from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.llm import left_pad
+from searchr3_eval.models.searchr3 import analysis_length, direct_phrase
 from trainer.config import RLConfig
 from trainer.data import Triple, load_triples
 from trainer.environment import RetrievalEnvironment, agreement_with_fresh_index
@@ -35,8 +37,8 @@ COLUMNS = ["step", "mean_reward", "mean_rr", "format_rate", "loss", "kl", "refre
 @dataclass
 class Rollouts:
     prompts: list[list[int]]
-    actions: list[list[int]]  # generated tokens, up to and including the first stop token
-    emitted: list[bool]  # the model wrote the embed token itself
+    actions: list[list[int]]  # generated tokens, up to and including the first stop token or the direct phrase
+    emitted: list[bool]  # the answer ended as trained (the embed token, or the direct phrase)
     embeddings: np.ndarray
 
 
@@ -103,8 +105,10 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def rollout(self, queries: list[str], group_size: int, generator: torch.Generator | None = None) -> Rollouts:
-        """Sample ``group_size`` analyses per query and embed each (the embed token appended if missing)."""
-        model, pad = self.policy.model, self.policy.tokenizer.pad_token_id
+        """Sample ``group_size`` analyses per query and embed each (the embed token appended if missing); an analysis
+        ends where the evaluation's generator ends it."""
+        model, tokenizer = self.policy.model, self.policy.tokenizer
+        pad, phrase = tokenizer.pad_token_id, direct_phrase(self.policy.prompter.prompts.direct_answer)
         model.eval()
         prompts = [p for p in self.policy.prompter.generation_prompts(queries, "query") for _ in range(group_size)]
         ids, mask = (t.to(model.device) for t in left_pad(prompts, pad))
@@ -113,15 +117,15 @@ class GRPOTrainer:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens,
                                  do_sample=True, temperature=self.cfg.temperature, top_k=0, top_p=1.0,
-                                 eos_token_id=self.stop_ids, pad_token_id=pad)
+                                 eos_token_id=self.stop_ids, pad_token_id=pad,
+                                 **({"stop_strings": [phrase], "tokenizer": tokenizer} if phrase else {}))
         actions, emitted, sequences = [], [], []
         for prompt, row in zip(prompts, out[:, ids.shape[1] :].tolist()):
-            cut = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
-            action = row if cut is None else row[: cut + 1]
-            analysis = action if cut is None else action[:-1]
-            actions.append(action)
-            emitted.append(cut is not None and row[cut] == self.policy.embed_id)
-            sequences.append(prompt + analysis + [self.policy.embed_id])
+            n, ended = analysis_length(tokenizer, row, self.stop_ids, self.policy.embed_id, phrase)
+            stop_token = n < len(row) and row[n] in self.stop_ids
+            actions.append(row[: n + 1] if stop_token else row[:n])
+            emitted.append(ended)
+            sequences.append(prompt + row[:n] + [self.policy.embed_id])
         embeddings = self.policy.forward(sequences, keep_lower=False).embeddings.float().cpu().numpy()
         return Rollouts(prompts, actions, emitted, embeddings)
 

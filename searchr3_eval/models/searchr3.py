@@ -1,7 +1,9 @@
 """Search-R3 encoder: the last-layer hidden state at ``<|embed_token|>``, L2-normalised.
 
 Direct mode answers with a fixed phrase that ends in the token; reasoning mode lets the model write a
-short analysis first (greedy, ``max_new_tokens``) and appends the token if the model did not emit it.
+short analysis first (greedy, ``max_new_tokens``) and appends the token if the model did not emit it. An analysis ends
+at the embed token, at the end of the turn, or once the model has written the direct phrase (the trained answer ends
+"<analysis>. The embedding is <|embed_token|>", so only the token may follow it).
 """
 from __future__ import annotations
 
@@ -67,11 +69,14 @@ def resolve_prompts(preset: str = DEFAULT_PRESET, system: str | None = None, que
     return prompts
 
 
+ANALYSIS_END = "stop at the embed token, end of turn or the direct phrase"  # how generation ends (cache key)
+
+
 def searchr3_settings(reasoning: str, max_length: int, max_new_tokens: int, prompts: Prompts, dtype: str, backend: str,
                       add_embed_token: bool) -> dict:
     """Everything besides the weights that changes a Search-R3 embedding."""
     return {"reasoning": reasoning, "max_length": max_length, "max_new_tokens": max_new_tokens, "prompts": asdict(prompts),
-            "dtype": dtype, "backend": backend, "add_embed_token": add_embed_token}
+            "dtype": dtype, "backend": backend, "add_embed_token": add_embed_token, "analysis_end": ANALYSIS_END}
 
 
 def add_embed_token(model, tokenizer) -> int:
@@ -125,7 +130,8 @@ class SearchR3Encoder(DenseEncoder):
         self.prompts, self.backend, self.add_embed_token = prompts, backend, add_embed_token
         self._overheads: dict[tuple, int] = {}
         self.share_prefix = True  # run the prompt prefix every text shares once per batch (same embeddings)
-        self.generator = make_generator(backend, model, tokenizer, token_id, max_length + max_new_tokens)
+        self.generator = make_generator(backend, model, tokenizer, token_id, max_length + max_new_tokens,
+                                        prompts.direct_answer)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32", add_token: bool = False,
@@ -148,7 +154,9 @@ class SearchR3Encoder(DenseEncoder):
         share their cached embeddings with ``--reasoning off``."""
         if self.reasons(kind):
             return self.settings
-        return {**self.settings, "reasoning": "off", "max_new_tokens": None, "backend": None}
+        direct = {**self.settings, "reasoning": "off", "max_new_tokens": None, "backend": None}
+        del direct["analysis_end"]
+        return direct
 
     def reasons(self, kind: Kind) -> bool:
         return self.reasoning == "all" or (self.reasoning == "on" and kind == "query")
@@ -223,12 +231,12 @@ class SearchR3Encoder(DenseEncoder):
         return l2_normalize(hidden.float().cpu().numpy()), analyses
 
 
-def make_generator(backend: str, model, tokenizer, embed_id: int, max_model_len: int):
+def make_generator(backend: str, model, tokenizer, embed_id: int, max_model_len: int, direct_answer: str):
     """A callable (prompt token ids, max_new_tokens) -> analyses, for the chosen backend."""
     if backend == "transformers":
-        return TransformersGenerator(model, tokenizer, embed_id)
+        return TransformersGenerator(model, tokenizer, embed_id, direct_answer)
     if backend == "vllm":
-        return VLLMGenerator(model, tokenizer, embed_id, max_model_len)
+        return VLLMGenerator(model, tokenizer, embed_id, max_model_len, direct_answer)
     raise UserError(f"unknown generation backend {backend!r}; use transformers or vllm")
 
 
@@ -238,12 +246,31 @@ def stop_token_ids(tokenizer, embed_id: int) -> list[int]:
     return sorted(i for i in stops if isinstance(i, int) and i != tokenizer.unk_token_id)
 
 
-class TransformersGenerator:
-    """Greedy batched generation on a left-padded batch; stops at the embed token or end of turn."""
+def direct_phrase(direct_answer: str) -> str:
+    """The words of the direct answer before the embed token ("The embedding is")."""
+    return direct_answer.strip()
 
-    def __init__(self, model, tokenizer, embed_id: int):
-        self.model, self.tokenizer = model, tokenizer
+
+def analysis_length(tokenizer, tokens: list[int], stop_ids: list[int], embed_id: int, phrase: str) -> tuple[int, bool]:
+    """Where a generated answer's analysis ends: (its number of tokens, whether the answer ended as trained). It ends
+    before the first stop token, or after the tokens that complete ``phrase`` (the direct phrase, which only the embed
+    token may follow); "ended as trained" is the embed token or the phrase, not the end of the turn or the length cap."""
+    for n, token in enumerate(tokens):
+        if token in stop_ids:
+            return n, token == embed_id
+        if phrase and phrase in tokenizer.decode(tokens[: n + 1], skip_special_tokens=True):
+            return n + 1, True
+    return len(tokens), False
+
+
+class TransformersGenerator:
+    """Greedy batched generation on a left-padded batch; stops at the embed token, the end of the turn or the direct
+    phrase."""
+
+    def __init__(self, model, tokenizer, embed_id: int, direct_answer: str):
+        self.model, self.tokenizer, self.embed_id = model, tokenizer, embed_id
         self.stop_ids = stop_token_ids(tokenizer, embed_id)
+        self.phrase = direct_phrase(direct_answer)
 
     @torch.inference_mode()
     def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
@@ -255,10 +282,11 @@ class TransformersGenerator:
             do_sample=False,
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
+            **({"stop_strings": [self.phrase], "tokenizer": self.tokenizer} if self.phrase else {}),
         )
         analyses = []
         for row in out[:, ids.shape[1] :].tolist():
-            cut = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
+            cut, _ = analysis_length(self.tokenizer, row, self.stop_ids, self.embed_id, self.phrase)
             analyses.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return analyses
 
@@ -278,16 +306,18 @@ def vllm_engine_args(folder: str, device: str, dtype: str, max_model_len: int) -
             "gpu_memory_utilization": VLLM_GPU_MEMORY_SHARE}
 
 
-def vllm_sampling_args(max_new_tokens: int, stop_ids: list[int]) -> dict:
-    """``vllm.SamplingParams`` keyword arguments: greedy, ending where the transformers generator ends."""
-    return {"max_tokens": max_new_tokens, "temperature": 0.0, "stop_token_ids": stop_ids, "skip_special_tokens": True}
+def vllm_sampling_args(max_new_tokens: int, stop_ids: list[int], phrase: str) -> dict:
+    """``vllm.SamplingParams`` keyword arguments: greedy, ending where the transformers generator ends (the direct
+    phrase kept in the analysis)."""
+    return {"max_tokens": max_new_tokens, "temperature": 0.0, "stop_token_ids": stop_ids, "skip_special_tokens": True,
+            "stop": [phrase] if phrase else None, "include_stop_str_in_output": True}
 
 
 class VLLMGenerator:
     """Generation with vLLM (GPU); the embedding itself is still read with transformers. vLLM loads the weights the
     embedding pass uses (a merged adapter, an added embed token, a de-quantized GGUF), saved to a temporary folder."""
 
-    def __init__(self, model, tokenizer, embed_id: int, max_model_len: int):
+    def __init__(self, model, tokenizer, embed_id: int, max_model_len: int, direct_answer: str):
         try:
             import vllm
         except ImportError as exc:
@@ -298,9 +328,9 @@ class VLLMGenerator:
         model.save_pretrained(self.folder.name)
         tokenizer.save_pretrained(self.folder.name)
         self.vllm, self.llm = vllm, vllm.LLM(**engine)
-        self.stop_ids = stop_token_ids(tokenizer, embed_id)
+        self.stop_ids, self.phrase = stop_token_ids(tokenizer, embed_id), direct_phrase(direct_answer)
 
     def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-        params = self.vllm.SamplingParams(**vllm_sampling_args(max_new_tokens, self.stop_ids))
+        params = self.vllm.SamplingParams(**vllm_sampling_args(max_new_tokens, self.stop_ids, self.phrase))
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [o.outputs[0].text.strip() for o in outputs]
