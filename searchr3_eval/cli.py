@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep corpus embeddings in a memory-mapped file in this folder (corpora larger than RAM)")
     run.add_argument("--add-embed-token", action="store_true", help="add an (untrained) embed token to models without one")
     run.add_argument("--prompts", choices=sorted(PROMPT_PRESETS), default=d.prompts,
-                     help="Search-R3 prompt preset (paper: the released checkpoint's format)")
+                     help="Search-R3 prompt preset (paper: the released checkpoint's format); default: the preset the "
+                          "model was trained with (recorded in a trained adapter), else paper")
     run.add_argument("--system-prompt", help="Search-R3 system prompt (replaces the preset's)")
     run.add_argument("--query-prompt", help="prefix for queries: the sentence-transformers prompt, or Search-R3's user-turn prefix")
     run.add_argument("--document-prompt", help="prefix for documents (as --query-prompt)")

@@ -308,6 +308,31 @@ def test_lora_sft_saves_a_small_adapter_that_the_evaluator_loads(tiny_model_dir,
         "lora_" in n for n, p in further.model.named_parameters() if p.requires_grad)
 
 
+def test_a_trained_adapter_carries_its_prompt_preset_to_the_evaluator(tiny_model_dir, tmp_path):
+    """An adapter trained with the instruct preset records it; the evaluator and further training use it unless told
+    otherwise (as a sentence-transformers model carries its prompts); a model without a record uses the paper's."""
+    from searchr3_eval.models import ModelOptions, describe, load_model, parse_model_specs
+    from searchr3_eval.models.searchr3 import PROMPT_PRESETS
+
+    write_triples(tmp_path / "train.jsonl", keyword_triples(1, 16))
+    cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
+                    lora=True, lora_r=4, train_layers=1, batch_size=8, max_steps=1, max_length=160,
+                    mixed_precision="no", prompts="instruct")
+    final = Path(train_sft(cfg, show_progress=False)["model"])
+    assert json.loads((final / "searchr3_adapter.json").read_text())["prompts"] == "instruct"
+    spec = parse_model_specs(f"searchr3:{final}")[0]
+    trained = load_model(spec, ModelOptions(max_length=160, show_progress=False), cache=None)
+    assert trained.prompts == PROMPT_PRESETS["instruct"]
+    assert describe(spec, ModelOptions(max_length=160)).settings == trained.settings
+    paper = load_model(spec, ModelOptions(max_length=160, prompts="paper", show_progress=False), cache=None)
+    assert paper.prompts == PROMPT_PRESETS["paper"] and paper.cache_key("query") != trained.cache_key("query")
+    assert Policy(str(final), lora=True, max_length=160).prompter.prompts == PROMPT_PRESETS["instruct"]
+    assert SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True).prompts == PROMPT_PRESETS["paper"]
+    (tmp_path / "bad.yaml").write_text("model: m\noutput_dir: o\nprompts: chat\n")
+    with pytest.raises(UserError, match="bad.yaml: unknown prompt preset 'chat'"):
+        load_config(tmp_path / "bad.yaml", SFTConfig)
+
+
 def test_training_data_holds_out_whole_queries_and_respects_splits(data_dir, tmp_path):
     import json
 

@@ -36,6 +36,7 @@ class RunConfig:
     mixed_precision: str = "auto"  # bf16 autocast for forwards: auto (where bf16 is native), bf16 or no
     attn_implementation: str = "auto"  # auto: eager (faster on CPU; sdpa's CUDA gradients are NaN at left padding)
     device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
+    prompts: str | None = None  # prompt preset (searchr3_eval PROMPT_PRESETS); default: the starting adapter's, else paper
 
 
 @dataclass(kw_only=True)
@@ -149,6 +150,10 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         from searchr3_eval.models.llm import resolve_device
 
         resolve_device(values["device"])
+    if values.get("prompts") is not None:
+        from searchr3_eval.models.searchr3 import resolve_prompts
+
+        resolve_prompts(values["prompts"])
     for key in POSITIVE & set(values):
         if values[key] is not None and values[key] < 1:
             raise UserError(f"{prefix}{key} must be at least 1, not {values[key]}")

@@ -16,7 +16,9 @@ from searchr3_eval.models.llm import (
     cpu_has_native_bf16, last_hidden_states, left_pad, load_causal_lm, lower_hidden_states, padded_forward,
     resolve_device, upper_forward,
 )
-from searchr3_eval.models.searchr3 import EMBED_TOKEN, SearchR3Encoder, add_embed_token, embed_token_id, stop_token_ids
+from searchr3_eval.models.searchr3 import (
+    EMBED_TOKEN, SearchR3Encoder, add_embed_token, embed_token_id, resolve_prompts, stop_token_ids, trained_preset,
+)
 
 
 REFERENCE_ADAPTER = "reference"
@@ -44,8 +46,9 @@ class Policy:
     def __init__(self, model_path: str, *, lora: bool = False, lora_r: int = 8, lora_alpha: int = 16,
                  train_layers: int | None = None, max_length: int = 256, max_new_tokens: int = 32,
                  dtype: str = "float32", mixed_precision: str = "no", attn_implementation: str = "auto",
-                 device: str = "auto"):
+                 device: str = "auto", prompts: str | None = None):
         device = resolve_device(device)
+        self.prompt_preset = prompts or trained_preset(model_path)  # saved with the adapter: the evaluator's default
         if attn_implementation == "auto":
             # eager: faster than sdpa for training on CPU (benchmarks/bench_sft_speed.py), and on CUDA sdpa's gradients
             # turn NaN at left padding, whose rows mask every key (seen on an H200: NaN weights after 4 SFT steps)
@@ -83,7 +86,7 @@ class Policy:
         self.reference = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
         self.model, self.tokenizer = model, tokenizer
         self.prompter = SearchR3Encoder(model, tokenizer, max_length=max_length, max_new_tokens=max_new_tokens,
-                                        show_progress=False)
+                                        prompts=resolve_prompts(self.prompt_preset), show_progress=False)
         self.embed_id = self.prompter.embed_id
         self.stop_ids = stop_token_ids(tokenizer, self.embed_id)
 
@@ -214,11 +217,12 @@ class Policy:
         return torch.cat(out) if out else torch.zeros(0)
 
     def save(self, folder: Path) -> None:
-        """A LoRA policy is saved as a small adapter over its base (``searchr3_eval.models.adapter``); a fully
-        fine-tuned one as a Hugging Face folder with its tokenizer."""
+        """A LoRA policy is saved as a small adapter over its base (``searchr3_eval.models.adapter``), with its prompt
+        preset; a fully fine-tuned one as a Hugging Face folder with its tokenizer (which records no preset: evaluate
+        it with ``--prompts`` when it was trained with another than paper)."""
         folder.mkdir(parents=True, exist_ok=True)
         if self.lora:
-            save_adapter(self.model, folder, self.base, self.base_vocab_size)
+            save_adapter(self.model, folder, self.base, self.base_vocab_size, self.prompt_preset)
         else:
             self.model.save_pretrained(folder)
             self.tokenizer.save_pretrained(folder)

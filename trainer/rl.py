@@ -91,7 +91,8 @@ class GRPOTrainer:
         self.policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                              train_layers=cfg.train_layers, max_length=cfg.max_length,
                              max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype, mixed_precision=cfg.mixed_precision,
-                             attn_implementation=cfg.attn_implementation, device=cfg.device)
+                             attn_implementation=cfg.attn_implementation, device=cfg.device,
+                             prompts=cfg.prompts)
         corpus = corpus or Corpus(*corpus_from_triples(triples))
         self.positive_ids = corpus.positive_ids
         # documents go through the training forward: with train_layers their frozen lower layers are computed once,

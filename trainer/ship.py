@@ -21,12 +21,13 @@ REFERENCE_TEXT = "Vitamin D deficiency is associated with a higher risk of respi
 
 
 def reference_embedding(name: str) -> dict:
-    """The packaged model's float32 embedding of ``REFERENCE_TEXT`` as a query (float32: the same on every CPU)."""
-    from searchr3_eval.models.searchr3 import SearchR3Encoder
+    """The packaged model's float32 embedding of ``REFERENCE_TEXT`` as a query with the prompts it was trained with
+    (float32: the same on every CPU)."""
+    from searchr3_eval.models.searchr3 import SearchR3Encoder, trained_preset
 
     encoder = SearchR3Encoder.from_pretrained(name, dtype="float32", show_progress=False)
     vector = encoder.encode([REFERENCE_TEXT], "query")[0]
-    return {"text": REFERENCE_TEXT, "kind": "query", "dtype": "float32", "prompts": "paper",
+    return {"text": REFERENCE_TEXT, "kind": "query", "dtype": "float32", "prompts": trained_preset(name),
             "vector": [round(float(x), 6) for x in vector]}
 
 

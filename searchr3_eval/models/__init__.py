@@ -36,7 +36,7 @@ class ModelOptions:
     device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
     backend: str = "transformers"
     add_embed_token: bool = False
-    prompts: str = "paper"  # Search-R3 prompt preset
+    prompts: str | None = None  # Search-R3 prompt preset; None: the one the model was trained with, else paper
     system_prompt: str | None = None  # Search-R3 system prompt override
     query_prompt: str | None = None  # query prefix override (sentence-transformers prompt, Search-R3 user prefix)
     document_prompt: str | None = None
@@ -62,7 +62,7 @@ class ModelOptions:
         parse_index(self.index)
         if self.memmap_dir is not None and not Path(self.memmap_dir).is_dir():
             raise UserError(f"--memmap-dir {self.memmap_dir} is not a folder")
-        if self.prompts not in PROMPT_PRESETS:
+        if self.prompts is not None and self.prompts not in PROMPT_PRESETS:
             raise UserError(f"unknown prompt preset {self.prompts!r}; use one of {', '.join(PROMPT_PRESETS)}")
 
 
@@ -103,10 +103,11 @@ def parse_model_specs(spec: str) -> list[ModelSpec]:
     return specs
 
 
-def _searchr3_prompts(options: ModelOptions):
-    from searchr3_eval.models.searchr3 import resolve_prompts
+def _searchr3_prompts(options: ModelOptions, spec: ModelSpec):
+    from searchr3_eval.models.searchr3 import resolve_prompts, trained_preset
 
-    return resolve_prompts(options.prompts, options.system_prompt, options.query_prompt, options.document_prompt)
+    return resolve_prompts(options.prompts or trained_preset(spec.arg), options.system_prompt, options.query_prompt,
+                           options.document_prompt)
 
 
 def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
@@ -124,7 +125,7 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
         return ModelIdentity(spec.text, revision, {"max_length": options.max_length, "dtype": dtype})
     from searchr3_eval.models.searchr3 import searchr3_settings
 
-    settings = searchr3_settings(options.reasoning, options.max_length, options.max_new_tokens, _searchr3_prompts(options),
+    settings = searchr3_settings(options.reasoning, options.max_length, options.max_new_tokens, _searchr3_prompts(options, spec),
                                  dtype, options.backend, options.add_embed_token or spec.adds_embed_token)
     return ModelIdentity(spec.text, revision, settings)
 
@@ -149,7 +150,7 @@ def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | N
             max_length=options.max_length,
             max_new_tokens=options.max_new_tokens,
             backend=options.backend,
-            prompts=_searchr3_prompts(options),
+            prompts=_searchr3_prompts(options, spec),
             **common,
         )
     if spec.kind == "basellm":

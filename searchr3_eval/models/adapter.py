@@ -2,7 +2,7 @@
 
 The folder holds peft's ``adapter_config.json`` and ``adapter_model.safetensors``, ``embed_rows.safetensors`` (the
 input, and if untied output, embedding rows of the tokens added to the base vocabulary) and ``searchr3_adapter.json``
-(the base model spec). Models shipped in the package live under ``searchr3_eval/weights/<name>`` and load as
+(the base model spec, and the prompt preset the model was trained with: the evaluator's default for it). Models shipped in the package live under ``searchr3_eval/weights/<name>`` and load as
 ``searchr3:<name>``.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
-def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int) -> None:
+def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int, prompts: str) -> None:
     """Write the adapter, the added tokens' embedding rows and the manifest (the tokenizer is the base's plus the
     embed token, so it is not saved)."""
     from safetensors.torch import save_file
@@ -57,7 +57,8 @@ def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int
     if output is not None and output.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
         rows["output"] = output.weight[base_vocab_size:].detach().float().cpu().contiguous()
     save_file(rows, str(folder / ROWS_FILE))
-    atomic_write_text(folder / MANIFEST, json.dumps({"base": base, "base_vocab_size": base_vocab_size}, indent=2) + "\n")
+    manifest = {"base": base, "base_vocab_size": base_vocab_size, "prompts": prompts}
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     normal_permissions(folder)
 
 

@@ -54,6 +54,16 @@ PROMPT_PRESETS: dict[str, Prompts] = {
 DEFAULT_PRESET = "paper"
 
 
+def trained_preset(name_or_path: str) -> str:
+    """The prompt preset a model was trained with: a trained adapter records it (adapters saved before this was
+    recorded, and every other model, use the paper's)."""
+    from searchr3_eval.models.adapter import is_adapter, read_manifest
+    from searchr3_eval.models.llm import resolve_llm
+
+    folder = resolve_llm(name_or_path)[0]
+    return read_manifest(folder).get("prompts", DEFAULT_PRESET) if is_adapter(folder) else DEFAULT_PRESET
+
+
 def resolve_prompts(preset: str = DEFAULT_PRESET, system: str | None = None, query: str | None = None,
                     document: str | None = None) -> Prompts:
     """A preset with optional overrides (``system`` replaces both system prompts)."""
@@ -135,12 +145,15 @@ class SearchR3Encoder(DenseEncoder):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32", add_token: bool = False,
-                        attn_implementation: str | None = None, device: str = "cpu", **kwargs) -> "SearchR3Encoder":
+                        attn_implementation: str | None = None, device: str = "cpu", prompts: Prompts | None = None,
+                        **kwargs) -> "SearchR3Encoder":
+        """Load a model; ``prompts`` default to the preset it was trained with (``trained_preset``)."""
+        prompts = prompts or resolve_prompts(trained_preset(name_or_path))
         model, tokenizer, revision, display = load_causal_lm(name_or_path, dtype, attn_implementation, device)
         if embed_token_id(tokenizer) is None and add_token:
             add_embed_token(model, tokenizer)
             display += ", untrained embed token"
-        return cls(model, tokenizer, name=f"Search-R3 ({display})", revision=revision,
+        return cls(model, tokenizer, name=f"Search-R3 ({display})", revision=revision, prompts=prompts,
                    add_embed_token=add_token, device=str(model.device), **kwargs)
 
     @property
