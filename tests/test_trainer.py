@@ -253,6 +253,14 @@ def test_shipped_configs_load_and_point_at_the_shared_data(shared_beir):
     assert sft.eval_file == str(Path(data.output_dir) / "heldout.jsonl")
     assert (root / rl.beir_dir / "qrels" / f"{rl.beir_split}.tsv").is_file() and rl.beir_split != "test"
     assert rl.model == str(Path(sft.output_dir) / "final") and rl.train_layers == sft.train_layers
+    reasoning_data = load_config(root / "trainer/configs/data_reasoning_smollm2.yaml", DataConfig)
+    assert reasoning_data.beir_split != "test" and reasoning_data.beir_dirs
+    for name, preset in [("sft_reasoning_smollm2", None), ("sft_reasoning_instruct_smollm2", "instruct")]:
+        stage = load_config(root / f"trainer/configs/{name}.yaml", SFTConfig)
+        assert stage.reasoning and stage.prompts == preset and (root / stage.model / "searchr3_adapter.json").is_file()
+        assert stage.train_file == str(Path(reasoning_data.output_dir) / "train.jsonl")
+    rl_reasoning = load_config(root / "trainer/configs/rl_reasoning_smollm2.yaml", RLConfig)
+    assert rl_reasoning.model == "runs/sft-reasoning-smollm2/final" and rl_reasoning.beir_split != "test"
 
 
 def test_trainer_device_is_validated_with_the_config(tmp_path):
