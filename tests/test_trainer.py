@@ -1,3 +1,4 @@
+import csv
 import json
 import random
 from pathlib import Path
@@ -392,6 +393,32 @@ def test_rl_run_audits_its_index_against_a_fresh_one(tiny_model_dir, data_dir, t
     assert audit["documents"] == 40 and audit["steps"] == 2 and audit["queries_compared"] == 10
     assert 0 < audit["refresh_cost_vs_full_reencode"] < 1
     assert audit["positive_rank_agreement (same rank)"] == 1.0 and audit["top10_overlap_partial_vs_fresh"] == 1.0
+
+
+def test_rl_resumes_from_its_checkpoint_with_the_index_and_matches_an_uninterrupted_run(tiny_model_dir, data_dir,
+                                                                                       tmp_path):
+    """A run stopped after its step-2 checkpoint and started again continues at step 3 with the saved index (no
+    corpus re-encode), the same data order and sampling RNG: its log and weights match an uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    from trainer.rl import train_rl
+
+    def config(folder: str, steps: int) -> RLConfig:
+        return RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / folder), beir_dir=str(data_dir / "MiniGSM"),
+                        beir_split="test", group_size=2, max_new_tokens=6, batch_size=2, steps=steps, max_length=200,
+                        lora=True, train_layers=1, refresh_every=8, top_k=3, learning_rate=1e-3, save_every=2,
+                        mixed_precision="no", format_reward=0.0)
+
+    whole = train_rl(config("whole", 4), show_progress=False)
+    train_rl(config("split", 3), show_progress=False)  # "stopped" after step 3; its checkpoint is at step 2
+    resumed = train_rl(config("split", 4), show_progress=False)
+    assert resumed["resumed_at"] == 2 and whole["resumed_at"] == 0
+    logs = [list(csv.DictReader(open(tmp_path / f / "rl_log.csv"))) for f in ("whole", "split")]
+    assert [r["step"] for r in logs[1]] == ["1", "2", "3", "4"]  # step 3 ran again; its first row was dropped
+    for column in ("mean_rr", "refreshed_docs"):
+        assert [float(r[column]) for r in logs[0]] == pytest.approx([float(r[column]) for r in logs[1]], abs=1e-6)
+    a, b = (load_file(str(tmp_path / f / "final" / "adapter_model.safetensors")) for f in ("whole", "split"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
 def test_sft_on_two_gloo_processes_matches_one_process(tiny_model_dir, tmp_path):

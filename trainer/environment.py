@@ -24,13 +24,23 @@ class RefreshStats:
 
 
 class RetrievalEnvironment:
-    def __init__(self, doc_ids: list[str], doc_texts: list[str], encode: EncodeFn, top_k: int = 10, refresh_every: int = 10):
+    def __init__(self, doc_ids: list[str], doc_texts: list[str], encode: EncodeFn, top_k: int = 10, refresh_every: int = 10,
+                 state: dict | None = None):
+        """``state`` (from ``state()``) restores a saved index instead of encoding the corpus."""
         self.doc_ids, self.doc_texts = doc_ids, doc_texts
         self.position = {d: i for i, d in enumerate(doc_ids)}
         self.encode, self.top_k, self.refresh_every = encode, top_k, max(1, refresh_every)
-        self.embeddings = np.zeros((0, 0), dtype=np.float32)
-        self.cursor = 0
-        self.initial_refresh = self.full_refresh()
+        if state is not None:
+            self.embeddings, self.cursor = state["embeddings"], state["cursor"]
+            self.initial_refresh = RefreshStats(**state["initial_refresh"])
+        else:
+            self.embeddings, self.cursor = np.zeros((0, 0), dtype=np.float32), 0
+            self.initial_refresh = self.full_refresh()
+
+    def state(self) -> dict:
+        """What a resumed run needs to continue with this index."""
+        return {"embeddings": self.embeddings, "cursor": self.cursor,
+                "initial_refresh": {"documents": self.initial_refresh.documents, "seconds": self.initial_refresh.seconds}}
 
     def _refresh(self, rows: list[int]) -> RefreshStats:
         start = time.perf_counter()

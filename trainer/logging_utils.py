@@ -20,6 +20,12 @@ class CSVLog:
         with open(self.path, "a", newline="") as handle:
             csv.writer(handle).writerow([row.get(c, "") for c in self.columns])
 
+    def keep_steps_up_to(self, step: int) -> None:
+        """Drop the rows after ``step`` (written after the checkpoint a resumed run continues from)."""
+        rows = [r for r in self.rows() if int(r["step"]) <= step]
+        lines = [",".join(self.columns)] + [",".join(r.get(c) or "" for c in self.columns) for r in rows]
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+
     def rows(self) -> list[dict]:
         with open(self.path, newline="") as handle:
             return list(csv.DictReader(handle))

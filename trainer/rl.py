@@ -83,7 +83,9 @@ def training_set(cfg: RLConfig) -> tuple[list[Triple], Corpus]:
 
 
 class GRPOTrainer:
-    def __init__(self, cfg: RLConfig, triples: list[Triple], corpus: Corpus | None = None):
+    def __init__(self, cfg: RLConfig, triples: list[Triple], corpus: Corpus | None = None, checkpoint: dict | None = None):
+        """``checkpoint`` (a saved ``state.pt``) resumes: weights, optimiser, the index and the sampling RNG (a
+        checkpoint without the index, saved by an older version, has its corpus re-encoded with its weights)."""
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -93,15 +95,21 @@ class GRPOTrainer:
                              max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype, mixed_precision=cfg.mixed_precision,
                              attn_implementation=cfg.attn_implementation, device=cfg.device,
                              prompts=cfg.prompts)
+        if checkpoint:
+            self.policy.model.load_state_dict(checkpoint["model"])
         corpus = corpus or Corpus(*corpus_from_triples(triples))
         self.positive_ids = corpus.positive_ids
         # documents go through the training forward: with train_layers their frozen lower layers are computed once,
         # so a refresh re-runs only the trained top layers; across processes each encodes a share, all get the index
         self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts, lambda texts: distributed.map_sharded(
             lambda share: self.policy.embed(share, "document", cfg.max_document_length), texts),
-            top_k=cfg.top_k, refresh_every=cfg.refresh_every)
+            top_k=cfg.top_k, refresh_every=cfg.refresh_every, state=(checkpoint or {}).get("environment"))
         self.trainable = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
+        if checkpoint:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            if "rng" in checkpoint:
+                torch.set_rng_state(checkpoint["rng"])
         self.stop_ids = self.policy.stop_ids
 
     @torch.no_grad()
@@ -210,22 +218,37 @@ class GRPOTrainer:
         }
 
 
+def batch_start(order: list[int], step: int, cfg: RLConfig) -> int:
+    """Where ``step``'s batch starts in ``order``, which is reshuffled (in place, seeded) at each pass's start."""
+    start = (step * cfg.batch_size) % len(order)
+    if start < cfg.batch_size:
+        random.Random(cfg.seed + step).shuffle(order)
+    return start
+
+
 def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
-    """GRPO steps over the training queries. Launched with ``accelerate launch`` or ``torchrun``, each process takes
+    """GRPO steps over the training queries, checkpointed every ``save_every`` steps with the index; an existing
+    checkpoint is resumed without re-encoding the corpus. Launched with ``accelerate launch`` or ``torchrun``, each process takes
     an equal share of every batch, the environment's encoding is split across processes (each keeps the whole
     index), gradients are averaged, and process 0 writes logs and models."""
     distributed.init_from_env()
     rank, size = distributed.rank_and_size()
     main = rank == 0
     triples, corpus = training_set(cfg)
-    trainer = GRPOTrainer(cfg, triples, corpus)
     out = Path(cfg.output_dir)
+    saved = out / "checkpoint" / "state.pt"
+    checkpoint = torch.load(saved, weights_only=False) if saved.exists() else None  # resume: no corpus re-encode
+    trainer = GRPOTrainer(cfg, triples, corpus, checkpoint)
+    first = checkpoint["step"] if checkpoint else 0
     log = CSVLog(out / "rl_log.csv", COLUMNS) if main else None
-    order, steps = list(range(len(triples))), []
-    for step in tqdm(range(cfg.steps), desc="rl", disable=not show_progress or not main):
-        start = (step * cfg.batch_size) % len(triples)
-        if start < cfg.batch_size:
-            random.Random(cfg.seed + step).shuffle(order)
+    if log is not None:
+        log.keep_steps_up_to(first)
+    order, steps = list(range(len(triples))), (checkpoint or {}).get("steps", [])
+    for step in range(first):  # the data order as it was at the checkpoint
+        batch_start(order, step, cfg)
+    for step in tqdm(range(first, cfg.steps), desc="rl", initial=first, total=cfg.steps,
+                     disable=not show_progress or not main):
+        start = batch_start(order, step, cfg)
         idx = distributed.shard_of(order[start : start + cfg.batch_size], rank, size)
         local = trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx])
         steps.append(distributed.mean_across_ranks(local))  # the index rows refreshed are the same on every process
@@ -233,11 +256,12 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
         if main:
             log.append({"step": step + 1, **steps[-1]})
             if cfg.save_every and (step + 1) % cfg.save_every == 0:
-                save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint")
+                save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint",
+                                {"environment": trainer.env.state(), "rng": torch.get_rng_state(), "steps": steps})
     audit = trainer.audit_index(steps, cfg.audit_queries) if cfg.audit_queries else None  # every process encodes
     if main:
         trainer.policy.save(out / "final")
         plot_log(log, out / "rl_plot.png")
         if audit:
             atomic_write_json(out / "index_audit.json", audit)
-    return {"steps": cfg.steps, "model": str(out / "final"), "log": str(log.path)}
+    return {"steps": cfg.steps, "resumed_at": first, "model": str(out / "final"), "log": str(out / "rl_log.csv")}

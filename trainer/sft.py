@@ -99,11 +99,13 @@ def batch_at(triples: list[Triple], index: int, batch_size: int, seed: int) -> l
     return [triples[i] for i in order[offset * batch_size : (offset + 1) * batch_size]]
 
 
-def save_checkpoint(policy: Policy, optimizer, step: int, folder: Path) -> None:
+def save_checkpoint(policy: Policy, optimizer, step: int, folder: Path, extra: dict | None = None) -> None:
+    """Model, optimiser and step (and a stage's ``extra`` state), replacing ``folder`` atomically."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp / "state.pt")
+    state = {"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, **(extra or {})}
+    torch.save(state, tmp / "state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
@@ -140,6 +142,8 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     if evals is not None and not evals.rows():
         evals.append({"step": 0, "heldout_infonce": heldout_infonce(policy, heldout, cfg.temperature)})
     log = CSVLog(out / "loss_log.csv", COLUMNS) if main else None
+    if log is not None:
+        log.keep_steps_up_to(step)  # steps logged after the checkpoint run again
     for step in tqdm(range(step, total_steps), desc="sft", initial=step, total=total_steps,
                      disable=not show_progress or not main):
         policy.model.train()
