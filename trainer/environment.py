@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -39,8 +39,7 @@ class RetrievalEnvironment:
 
     def state(self) -> dict:
         """What a resumed run needs to continue with this index."""
-        return {"embeddings": self.embeddings, "cursor": self.cursor,
-                "initial_refresh": {"documents": self.initial_refresh.documents, "seconds": self.initial_refresh.seconds}}
+        return {"embeddings": self.embeddings, "cursor": self.cursor, "initial_refresh": asdict(self.initial_refresh)}
 
     def _refresh(self, rows: list[int]) -> RefreshStats:
         start = time.perf_counter()

@@ -23,8 +23,14 @@ class CSVLog:
     def keep_steps_up_to(self, step: int) -> None:
         """Drop the rows after ``step`` (written after the checkpoint a resumed run continues from)."""
         rows = [r for r in self.rows() if int(r["step"]) <= step]
-        lines = [",".join(self.columns)] + [",".join(r.get(c) or "" for c in self.columns) for r in rows]
-        atomic_write(self.path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+
+        def write(tmp) -> None:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, self.columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path, write)
 
     def rows(self) -> list[dict]:
         with open(self.path, newline="") as handle:

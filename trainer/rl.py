@@ -21,14 +21,14 @@ from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.llm import left_pad
-from searchr3_eval.models.searchr3 import analysis_length, direct_phrase
+from searchr3_eval.models.searchr3 import analysis_length, direct_phrase, generation_stops
 from trainer.config import RLConfig
 from trainer.data import Triple, load_triples
 from trainer.environment import RetrievalEnvironment, agreement_with_fresh_index
 from trainer.logging_utils import CSVLog, plot_log
 from trainer.losses import require_finite
 from trainer.modeling import Policy
-from trainer.sft import save_checkpoint
+from trainer.sft import load_checkpoint, save_checkpoint
 
 COLUMNS = ["step", "mean_reward", "mean_rr", "format_rate", "loss", "kl", "refreshed_docs", "refresh_seconds",
            "rollout_seconds", "tokens_per_second"]
@@ -126,8 +126,7 @@ class GRPOTrainer:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens,
                                  do_sample=True, temperature=self.cfg.temperature, top_k=0, top_p=1.0,
-                                 eos_token_id=self.stop_ids, pad_token_id=pad,
-                                 **({"stop_strings": [phrase], "tokenizer": tokenizer} if phrase else {}))
+                                 pad_token_id=pad, **generation_stops(tokenizer, self.stop_ids, phrase))
         actions, emitted, sequences = [], [], []
         for prompt, row in zip(prompts, out[:, ids.shape[1] :].tolist()):
             n, ended = analysis_length(tokenizer, row, self.stop_ids, self.policy.embed_id, phrase)
@@ -236,8 +235,7 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
     main = rank == 0
     triples, corpus = training_set(cfg)
     out = Path(cfg.output_dir)
-    saved = out / "checkpoint" / "state.pt"
-    checkpoint = torch.load(saved, weights_only=False) if saved.exists() else None  # resume: no corpus re-encode
+    checkpoint = load_checkpoint(out / "checkpoint")  # resume: no corpus re-encode
     trainer = GRPOTrainer(cfg, triples, corpus, checkpoint)
     first = checkpoint["step"] if checkpoint else 0
     log = CSVLog(out / "rl_log.csv", COLUMNS) if main else None

@@ -110,6 +110,12 @@ def save_checkpoint(policy: Policy, optimizer, step: int, folder: Path, extra: d
     tmp.rename(folder)
 
 
+def load_checkpoint(folder: Path) -> dict | None:
+    """The state ``save_checkpoint`` wrote to ``folder``, or None when there is none."""
+    path = folder / "state.pt"
+    return torch.load(path, weights_only=False) if path.exists() else None
+
+
 def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     """Train, checkpointing every ``save_every`` steps; an existing checkpoint is resumed. With an ``eval_file`` the
     held-out InfoNCE is measured every ``eval_every`` steps and ``final`` is the checkpoint where it was lowest.
@@ -132,8 +138,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size) / cfg.grad_accum)
     checkpoint = out / "checkpoint"
     step = 0
-    if (checkpoint / "state.pt").exists():
-        state = torch.load(checkpoint / "state.pt", weights_only=False)
+    if (state := load_checkpoint(checkpoint)) is not None:
         policy.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]

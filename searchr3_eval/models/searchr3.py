@@ -264,6 +264,11 @@ def direct_phrase(direct_answer: str) -> str:
     return direct_answer.strip()
 
 
+def generation_stops(tokenizer, stop_ids: list[int], phrase: str) -> dict:
+    """``generate`` keyword arguments that end an analysis: the stop tokens, and the direct phrase as a stop string."""
+    return {"eos_token_id": stop_ids, **({"stop_strings": [phrase], "tokenizer": tokenizer} if phrase else {})}
+
+
 def analysis_length(tokenizer, tokens: list[int], stop_ids: list[int], embed_id: int, phrase: str) -> tuple[int, bool]:
     """Where a generated answer's analysis ends: (its number of tokens, whether the answer ended as trained). It ends
     before the first stop token, or after the tokens that complete ``phrase`` (the direct phrase, which only the embed
@@ -293,9 +298,8 @@ class TransformersGenerator:
             attention_mask=mask.to(self.model.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
-            **({"stop_strings": [self.phrase], "tokenizer": self.tokenizer} if self.phrase else {}),
+            **generation_stops(self.tokenizer, self.stop_ids, self.phrase),
         )
         analyses = []
         for row in out[:, ids.shape[1] :].tolist():
