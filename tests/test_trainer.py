@@ -159,6 +159,34 @@ def test_environment_partial_refresh_tracks_a_fresh_index():
     assert list(env.ranks(queries, ["d0", "d1", "d2", "d3", "d4"])) == [1, 1, 1, 1, 1]
 
 
+def test_rank_band_refresh_gives_the_positives_rank_in_a_fresh_index():
+    """A reward is the positive's rank: re-encoding the documents that score near the positive (its rank band) makes
+    that rank the fresh index's, while refreshing the top-k candidates alone leaves stale documents that cross it."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(2000, 32)).astype(np.float32)
+    shift = rng.normal(size=(2000, 32)).astype(np.float32)
+    drift = {"scale": 0.0}
+
+    def encode(texts):
+        rows = np.array([int(t) for t in texts])
+        vectors = base[rows] + drift["scale"] * shift[rows]
+        return torch.tensor(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+
+    ids, texts, positives = [f"d{i}" for i in range(2000)], [str(i) for i in range(2000)], [f"d{i}" for i in range(16)]
+    queries = base[:16] + 2.0 * rng.normal(size=(16, 32)).astype(np.float32)  # positives at ranks 1 to ~450
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    wrong, refreshed = {}, {}
+    for band in (0.0, 0.06):
+        drift["scale"] = 0.0
+        env = RetrievalEnvironment(ids, texts, encode, top_k=5, refresh_every=2000, rank_band=band)
+        drift["scale"] = 0.1  # the policy changed
+        refreshed[band] = env.refresh_for_batch(queries, positives).documents
+        fresh = RetrievalEnvironment(ids, texts, encode, top_k=5)
+        wrong[band] = int((env.ranks(queries, positives) != fresh.ranks(queries, positives)).sum())
+    assert wrong[0.0] >= 3 and wrong[0.06] == 0
+    assert refreshed[0.0] < refreshed[0.06] < 1000
+
+
 def test_grpo_update_favours_the_rollouts_that_rank_the_positive_higher(tiny_model_dir, tmp_path):
     """With the format reward off the reward is the positive's reciprocal rank alone; one GRPO update must raise the
     log-probability of the rollouts whose embeddings ranked the positive above their group's mean, and lower the rest.
@@ -387,12 +415,14 @@ def test_rl_run_audits_its_index_against_a_fresh_one(tiny_model_dir, data_dir, t
     cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), beir_dir=str(data_dir / "MiniGSM"),
                    beir_split="test", group_size=2, max_new_tokens=6, batch_size=2, steps=2, max_length=200,
                    lora=True, train_layers=1, refresh_every=8, top_k=3, learning_rate=0.0, mixed_precision="no",
-                   audit_queries=10)
+                   audit_queries=10, audit_every=1, rank_band=0.05)
     train_rl(cfg, show_progress=False)
     audit = json.loads((tmp_path / "rl" / "index_audit.json").read_text())
     assert audit["documents"] == 40 and audit["steps"] == 2 and audit["queries_compared"] == 10
-    assert 0 < audit["refresh_cost_vs_full_reencode"] < 1
+    assert 0 < audit["refresh_cost_vs_full_reencode"] < 1 and audit["refresh_cost_vs_full_refresh"] > 0
     assert audit["positive_rank_agreement (same rank)"] == 1.0 and audit["top10_overlap_partial_vs_fresh"] == 1.0
+    assert audit["rewarded_ranks_compared"] == 2 * 2 * 2  # steps x queries x rollouts, each audited
+    assert audit["rewarded positive_rank_agreement (same rank)"] == 1.0
 
 
 def test_rl_resumes_from_its_checkpoint_with_the_index_and_matches_an_uninterrupted_run(tiny_model_dir, data_dir,

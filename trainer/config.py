@@ -95,6 +95,8 @@ class RLConfig(RunConfig):
     steps: int = 20
     top_k: int = 10
     refresh_every: int = 10  # the whole corpus is re-encoded across this many steps
+    rank_band: float = 0.0  # also re-encode, before a reward, the documents scoring this close to the positive
+    audit_every: int = 0  # every this many steps, compare the ranks rewarded with a freshly encoded index's (0: never)
     audit_queries: int = 0  # at the end, compare the maintained index with a fresh one on this many train queries
 
 

@@ -1,8 +1,11 @@
 """A retrieval environment that keeps the corpus index across policy updates.
 
 A full refresh re-encodes every document with the current policy. ``refresh_for_batch`` re-encodes only
-what the batch's rewards depend on (its positives and the current top-k candidates of its queries) plus a
-round-robin slice, so that every document is refreshed at least once every ``refresh_every`` steps.
+what the batch's rewards depend on plus a round-robin slice, so that every document is refreshed at least once every
+``refresh_every`` steps. A reward is the positive's rank, which a stale document changes only if its score crosses the
+positive's; so after the positives, it re-encodes each query's top-k candidates and its *rank band*: the documents
+scoring within ``rank_band`` of the positive, the only ones whose staleness can move the rank while their scores
+have drifted by less than the band.
 """
 from __future__ import annotations
 
@@ -25,11 +28,12 @@ class RefreshStats:
 
 class RetrievalEnvironment:
     def __init__(self, doc_ids: list[str], doc_texts: list[str], encode: EncodeFn, top_k: int = 10, refresh_every: int = 10,
-                 state: dict | None = None):
+                 rank_band: float = 0.0, state: dict | None = None):
         """``state`` (from ``state()``) restores a saved index instead of encoding the corpus."""
         self.doc_ids, self.doc_texts = doc_ids, doc_texts
         self.position = {d: i for i, d in enumerate(doc_ids)}
         self.encode, self.top_k, self.refresh_every = encode, top_k, max(1, refresh_every)
+        self.rank_band = rank_band
         if state is not None:
             self.embeddings, self.cursor = state["embeddings"], state["cursor"]
             self.initial_refresh = RefreshStats(**state["initial_refresh"])
@@ -57,13 +61,25 @@ class RetrievalEnvironment:
         k = min(self.top_k, scores.shape[1])
         return set(np.argpartition(-scores, k - 1, axis=1)[:, :k].ravel().tolist())
 
+    def band(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> set[int]:
+        """Documents scoring within ``rank_band`` of each query's positive."""
+        if self.rank_band <= 0:
+            return set()
+        scores = query_embeddings @ self.embeddings.T
+        positive = scores[np.arange(len(positive_ids)), [self.position[d] for d in positive_ids]]
+        return set(np.nonzero(np.abs(scores - positive[:, None]) <= self.rank_band)[1].tolist())
+
     def refresh_for_batch(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> RefreshStats:
-        """Re-encode the batch's positives, its queries' top-k candidates and the next round-robin slice."""
-        rows = {self.position[d] for d in positive_ids} | self.candidates(query_embeddings)
+        """Re-encode the batch's positives; then its queries' top-k candidates and rank bands (scored against the
+        fresh positives) and the next round-robin slice."""
+        positives = {self.position[d] for d in positive_ids}
+        first = self._refresh(sorted(positives))
+        rows = self.candidates(query_embeddings) | self.band(query_embeddings, positive_ids)
         per_step = -(-len(self.doc_ids) // self.refresh_every)
         rows |= {(self.cursor + i) % len(self.doc_ids) for i in range(per_step)}
         self.cursor = (self.cursor + per_step) % len(self.doc_ids)
-        return self._refresh(sorted(rows))
+        second = self._refresh(sorted(rows - positives))
+        return RefreshStats(first.documents + second.documents, first.seconds + second.seconds)
 
     def ranks(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> np.ndarray:
         """1-based rank of each query's positive among all documents."""
@@ -81,16 +97,28 @@ def overlap_at_k(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))
 
 
-def agreement_with_fresh_index(env: RetrievalEnvironment, queries: np.ndarray, positive_ids: list[str]) -> dict:
-    """Compare ``env``'s maintained index with a freshly encoded copy (``env`` itself is left as it is) on what the
-    reward uses (the positive's rank) and on the top 10."""
+def fresh_copy(env: RetrievalEnvironment) -> tuple[RetrievalEnvironment, RefreshStats]:
+    """A copy of ``env`` with every document re-encoded by the current policy (``env`` is left as it is)."""
     fresh = copy.copy(env)
-    full = fresh.full_refresh()
-    ranks, fresh_ranks = env.ranks(queries, positive_ids), fresh.ranks(queries, positive_ids)
+    return fresh, fresh.full_refresh()
+
+
+def rank_agreement(ranks: np.ndarray, fresh_ranks: np.ndarray) -> dict:
+    """How often the positive's rank is the fresh index's, and how close the reciprocal ranks are."""
+    ranks, fresh_ranks = np.asarray(ranks), np.asarray(fresh_ranks)
+    return {
+        "positive_rank_agreement (same rank)": round(float(np.mean(ranks == fresh_ranks)), 3),
+        "reward_agreement (1 - mean |1/r - 1/r_fresh|)": round(float(1 - np.mean(np.abs(1 / ranks - 1 / fresh_ranks))), 4),
+    }
+
+
+def agreement_with_fresh_index(env: RetrievalEnvironment, queries: np.ndarray, positive_ids: list[str]) -> dict:
+    """Compare ``env``'s maintained index, as it is, with a freshly encoded copy on the positive's rank and on the top
+    10 (the whole index's freshness: no refresh for these queries first, unlike a reward)."""
+    fresh, full = fresh_copy(env)
     return {
         "queries_compared": len(positive_ids),
         "full_refresh_seconds": full.seconds,
-        "positive_rank_agreement (same rank)": round(float(np.mean(ranks == fresh_ranks)), 3),
-        "reward_agreement (1 - mean |1/r - 1/r_fresh|)": round(float(1 - np.mean(np.abs(1 / ranks - 1 / fresh_ranks))), 4),
+        **rank_agreement(env.ranks(queries, positive_ids), fresh.ranks(queries, positive_ids)),
         "top10_overlap_partial_vs_fresh": round(overlap_at_k(env.rankings(queries, 10), fresh.rankings(queries, 10)), 3),
     }

@@ -24,7 +24,7 @@ from searchr3_eval.models.llm import left_pad
 from searchr3_eval.models.searchr3 import analysis_length, direct_phrase, generation_stops
 from trainer.config import RLConfig
 from trainer.data import Triple, load_triples
-from trainer.environment import RetrievalEnvironment, agreement_with_fresh_index
+from trainer.environment import RetrievalEnvironment, agreement_with_fresh_index, fresh_copy, rank_agreement
 from trainer.logging_utils import CSVLog, plot_log
 from trainer.losses import require_finite
 from trainer.modeling import Policy
@@ -103,7 +103,11 @@ class GRPOTrainer:
         # so a refresh re-runs only the trained top layers; across processes each encodes a share, all get the index
         self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts, lambda texts: distributed.map_sharded(
             lambda share: self.policy.embed(share, "document", cfg.max_document_length), texts),
-            top_k=cfg.top_k, refresh_every=cfg.refresh_every, state=(checkpoint or {}).get("environment"))
+            top_k=cfg.top_k, refresh_every=cfg.refresh_every, rank_band=cfg.rank_band,
+            state=(checkpoint or {}).get("environment"))
+        # (rank rewarded, rank in a freshly encoded index) of every rollout of the audited steps
+        self.reward_audits: list[tuple[int, int]] = (checkpoint or {}).get("reward_audits", [])
+        self.full_refresh_seconds: list[float] = []
         self.trainable = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
         if checkpoint:
@@ -152,9 +156,10 @@ class GRPOTrainer:
         result[:, 1:][span[:, 1:]] = chosen
         return result[:, 1:]
 
-    def step(self, batch: list[Triple], positive_ids: list[str]) -> dict:
+    def step(self, batch: list[Triple], positive_ids: list[str], audit: bool = False) -> dict:
         """One GRPO step on this process's share of the batch; every process refreshes the same index rows (those
-        of the whole batch)."""
+        of the whole batch). ``audit``: also rank the rollouts in a freshly encoded index (a full refresh) and keep
+        both ranks in ``reward_audits``."""
         cfg, start = self.cfg, time.perf_counter()
         rollouts = self.rollout([t.query for t in batch], cfg.group_size)
         rollout_seconds = time.perf_counter() - start
@@ -162,6 +167,12 @@ class GRPOTrainer:
         refresh = self.env.refresh_for_batch(np.stack(distributed.all_gather_list(list(rollouts.embeddings))),
                                              distributed.all_gather_list(group_positives))
         rewards, reciprocal = self.rewards(rollouts, group_positives)
+        if audit:  # before the update: the fresh index is encoded by the policy that was rewarded
+            fresh, full = fresh_copy(self.env)
+            self.full_refresh_seconds.append(full.seconds)
+            pairs = zip(self.env.ranks(rollouts.embeddings, group_positives).tolist(),
+                        fresh.ranks(rollouts.embeddings, group_positives).tolist())
+            self.reward_audits += distributed.all_gather_list(list(pairs))
         update = self.update(rollouts, rewards)
         tokens = sum(len(p) + len(a) for p, a in zip(rollouts.prompts, rollouts.actions))
         return {
@@ -199,22 +210,32 @@ class GRPOTrainer:
         return {"loss": float(loss.item()), "kl": float(((kl * mask).sum() / mask.sum().clamp(min=1)).item())}
 
     def audit_index(self, steps: list[dict], queries: int, seed: int = 0) -> dict:
-        """Refresh cost per step against a full re-encode, and agreement of the maintained index with a fresh one
+        """Refresh cost per step against a full re-encode and a full refresh; agreement with a freshly encoded index
+        of the ranks the audited steps rewarded, and of the maintained index as it is (no refresh for these queries)
         for the direct embeddings of ``queries`` training queries."""
-        picked = np.random.default_rng(seed).choice(len(self.triples), min(queries, len(self.triples)), replace=False)
-        embeddings = self.policy.embed([self.triples[i].query for i in picked], "query").float().cpu().numpy()
-        agreement = agreement_with_fresh_index(self.env, embeddings, [self.positive_ids[i] for i in picked])
         initial, refresh = self.env.initial_refresh.seconds, float(np.mean([s["refresh_seconds"] for s in steps]))
-        return {
+        result = {
             "documents": len(self.env.doc_ids), "train_layers": self.cfg.train_layers, "steps": len(steps),
             "full_reencode_seconds (all layers: the initial index, which also fills the cache)": round(initial, 1),
             "partial_refresh_docs_mean": float(np.mean([s["refreshed_docs"] for s in steps])),
             "partial_refresh_seconds_mean": round(refresh, 2),
             "refresh_cost_vs_full_reencode": round(refresh / initial, 3),
-            "refresh_cost_vs_full_refresh": round(refresh / agreement["full_refresh_seconds"], 3),
             "step_seconds_mean": round(float(np.mean([s["rollout_seconds"] + s["refresh_seconds"] for s in steps])), 2),
-            **agreement, "full_refresh_seconds": round(agreement["full_refresh_seconds"], 1),
         }
+        if self.reward_audits:
+            ranks, fresh_ranks = zip(*self.reward_audits)
+            result |= {"rewarded_ranks_compared": len(ranks),
+                       **{f"rewarded {k}": v for k, v in rank_agreement(ranks, fresh_ranks).items()}}
+        if queries:
+            picked = np.random.default_rng(seed).choice(len(self.triples), min(queries, len(self.triples)), replace=False)
+            embeddings = self.policy.embed([self.triples[i].query for i in picked], "query").float().cpu().numpy()
+            agreement = agreement_with_fresh_index(self.env, embeddings, [self.positive_ids[i] for i in picked])
+            self.full_refresh_seconds.append(agreement.pop("full_refresh_seconds"))
+            result |= agreement
+        if self.full_refresh_seconds:
+            full = float(np.mean(self.full_refresh_seconds))
+            result |= {"full_refresh_seconds": round(full, 1), "refresh_cost_vs_full_refresh": round(refresh / full, 3)}
+        return result
 
 
 def batch_start(order: list[int], step: int, cfg: RLConfig) -> int:
@@ -248,15 +269,18 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
                      disable=not show_progress or not main):
         start = batch_start(order, step, cfg)
         idx = distributed.shard_of(order[start : start + cfg.batch_size], rank, size)
-        local = trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx])
+        audit = cfg.audit_every > 0 and (step + 1) % cfg.audit_every == 0
+        local = trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx], audit)
         steps.append(distributed.mean_across_ranks(local))  # the index rows refreshed are the same on every process
         steps[-1]["tokens_per_second"] *= size
         if main:
             log.append({"step": step + 1, **steps[-1]})
             if cfg.save_every and (step + 1) % cfg.save_every == 0:
                 save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint",
-                                {"environment": trainer.env.state(), "rng": torch.get_rng_state(), "steps": steps})
-    audit = trainer.audit_index(steps, cfg.audit_queries) if cfg.audit_queries else None  # every process encodes
+                                {"environment": trainer.env.state(), "rng": torch.get_rng_state(), "steps": steps,
+                                 "reward_audits": trainer.reward_audits})
+    audited = cfg.audit_queries or trainer.reward_audits
+    audit = trainer.audit_index(steps, cfg.audit_queries) if audited else None  # every process encodes
     if main:
         trainer.policy.save(out / "final")
         plot_log(log, out / "rl_plot.png")
