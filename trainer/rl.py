@@ -269,8 +269,8 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
                      disable=not show_progress or not main):
         start = batch_start(order, step, cfg)
         idx = distributed.shard_of(order[start : start + cfg.batch_size], rank, size)
-        audit = cfg.audit_every > 0 and (step + 1) % cfg.audit_every == 0
-        local = trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx], audit)
+        audit_step = cfg.audit_every > 0 and (step + 1) % cfg.audit_every == 0
+        local = trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx], audit_step)
         steps.append(distributed.mean_across_ranks(local))  # the index rows refreshed are the same on every process
         steps[-1]["tokens_per_second"] *= size
         if main:
