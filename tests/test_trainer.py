@@ -258,6 +258,15 @@ def test_kl_reference_is_skipped_when_its_weight_is_zero(tiny_model_dir):
     assert calls == [1]
 
 
+def test_a_reasoning_answer_starts_with_the_analysis_lead_and_trains_it(tiny_model_dir):
+    policy = Policy(str(tiny_model_dir), max_length=200, max_new_tokens=64)
+    for lead in ("", "Relevant paper: "):
+        (sequence,), (answer,) = policy.reasoning_sequences(["is the sky blue"], ["Rayleigh scattering"], "query",
+                                                            lead=lead)
+        trained = policy.tokenizer.decode(sequence[-answer:])
+        assert trained == f"{lead}Rayleigh scattering. The embedding is <|embed_token|>", trained
+
+
 def test_per_role_length_caps(tiny_model_dir):
     policy = Policy(str(tiny_model_dir), max_length=200)
     long_text = " ".join(["apple river violin carbon"] * 40)

@@ -61,6 +61,9 @@ class SFTConfig(RunConfig):
     # also train each query that has an analysis in reasoning format (analysis, the direct phrase, the embed token);
     # the language-model loss then covers only those answers, since a direct answer is never generated
     reasoning: bool = False
+    # words every trained analysis starts with (e.g. "Relevant paper: "): a greedy first token that only a reasoning
+    # answer has, where an analysis's own first word is spread over many and loses to the direct phrase's "The"
+    analysis_lead: str = ""
 
 
 @dataclass(kw_only=True)

@@ -193,14 +193,14 @@ class Policy:
         sequences = self.prompter.sequences(texts, kind, max_length=max_length)
         return sequences, [self.prompter.direct_answer_length(kind)] * len(texts)
 
-    def reasoning_sequences(self, texts: list[str], analyses: list[str], kind: str,
-                            max_length: int | None = None) -> tuple[list[list[int]], list[int]]:
-        """Reasoning-format sequences as the model should write them (generation stops at the embed token): the
-        analysis (cut to fit ``max_new_tokens``), the direct phrase, the token; and each one's answer length."""
+    def reasoning_sequences(self, texts: list[str], analyses: list[str], kind: str, max_length: int | None = None,
+                            lead: str = "") -> tuple[list[list[int]], list[int]]:
+        """Reasoning-format sequences as the model should write them (generation stops at the embed token): ``lead``
+        and the analysis (cut to fit ``max_new_tokens``), the direct phrase, the token; and each one's answer length."""
         tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         phrase = self.prompter.prompts.direct_answer.strip()
-        budget = self.prompter.max_new_tokens - len(tokenize(f". {phrase} {EMBED_TOKEN}"))
-        answers = [f"{self.tokenizer.decode(tokenize(a.strip())[:budget]).rstrip('.')}. {phrase}" for a in analyses]
+        budget = self.prompter.max_new_tokens - len(tokenize(f"{lead}. {phrase} {EMBED_TOKEN}"))
+        answers = [f"{lead}{self.tokenizer.decode(tokenize(a.strip())[:budget]).rstrip('.')}. {phrase}" for a in analyses]
         sequences = self.prompter.sequences(texts, kind, analyses=answers, max_length=max_length)
         lengths = [len(tokenize(f"{a} {EMBED_TOKEN}")) for a in answers]
         return sequences, [min(n, len(s) - 1) for n, s in zip(lengths, sequences)]

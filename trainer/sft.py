@@ -48,7 +48,7 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
     if cfg.reasoning:  # the language model learns to write analyses; a direct answer is never generated
         r_seq, r_answer = policy.reasoning_sequences([batch[row].query for row in reasoning_rows],
                                                      [batch[row].analysis for row in reasoning_rows], "query",
-                                                     cfg.max_query_length)
+                                                     cfg.max_query_length, cfg.analysis_lead)
         sequences, answers = sequences + r_seq, [0] * len(answers) + r_answer
     embeddings, logprobs, targets = policy.answer_forward(sequences, answers, batch_tokens=cfg.batch_tokens)
     kl = torch.zeros((), device=embeddings.device)
