@@ -26,15 +26,11 @@ from searchr3_eval.cache import EmbeddingCache
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.models import ModelOptions, load_model, parse_model_specs
 from searchr3_eval.runner import default_cache_dir
+from trainer.environment import positive_ranks
 
 
 def encoder(spec: str, cache: EmbeddingCache):
     return load_model(parse_model_specs(spec)[0], ModelOptions(show_progress=False), cache)
-
-
-def positive_ranks(queries: np.ndarray, documents: np.ndarray, positives: np.ndarray) -> np.ndarray:
-    scores = queries @ documents.T
-    return 1 + (scores > scores[np.arange(len(positives)), positives][:, None]).sum(axis=1)
 
 
 def main() -> None:
@@ -62,7 +58,7 @@ def main() -> None:
     new = new_encoder.encode(texts, "document")
     queries = new_encoder.encode([pairs[i][0] for i in picked], "query")
     fresh_scores = queries @ new.T
-    fresh = positive_ranks(queries, new, positives)
+    fresh = positive_ranks(fresh_scores, positives)
     rows = []
     for every in args.refresh_every:
         age = np.random.default_rng(1).integers(0, every, len(doc_ids)) / args.steps_between
@@ -74,7 +70,7 @@ def main() -> None:
         for band in args.bands:
             in_band = gap <= band if band > 0 else np.zeros_like(gap, dtype=bool)
             refreshed = np.where(in_band, fresh_scores, scores)
-            ranks = 1 + (refreshed > refreshed[np.arange(len(positives)), positives][:, None]).sum(axis=1)
+            ranks = positive_ranks(refreshed, positives)
             rows.append({"refresh_every": every, "rank_band": band,
                          "band_documents_per_query_mean": round(float(in_band.sum(1).mean()), 1),
                          "positive_rank_agreement (same rank)": round(float(np.mean(ranks == fresh)), 3),

@@ -56,40 +56,42 @@ class RetrievalEnvironment:
         self.embeddings = self.encode(self.doc_texts).float().cpu().numpy()
         return RefreshStats(len(self.doc_texts), time.perf_counter() - start)
 
-    def candidates(self, query_embeddings: np.ndarray) -> set[int]:
-        scores = query_embeddings @ self.embeddings.T
+    def _top_k(self, scores: np.ndarray) -> set[int]:
         k = min(self.top_k, scores.shape[1])
         return set(np.argpartition(-scores, k - 1, axis=1)[:, :k].ravel().tolist())
 
-    def band(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> set[int]:
+    def _band(self, scores: np.ndarray, positive_rows: list[int]) -> set[int]:
         """Documents scoring within ``rank_band`` of each query's positive."""
         if self.rank_band <= 0:
             return set()
-        scores = query_embeddings @ self.embeddings.T
-        positive = scores[np.arange(len(positive_ids)), [self.position[d] for d in positive_ids]]
+        positive = scores[np.arange(len(positive_rows)), positive_rows]
         return set(np.nonzero(np.abs(scores - positive[:, None]) <= self.rank_band)[1].tolist())
 
     def refresh_for_batch(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> RefreshStats:
         """Re-encode the batch's positives; then its queries' top-k candidates and rank bands (scored against the
         fresh positives) and the next round-robin slice."""
-        positives = {self.position[d] for d in positive_ids}
-        first = self._refresh(sorted(positives))
-        rows = self.candidates(query_embeddings) | self.band(query_embeddings, positive_ids)
+        positive_rows = [self.position[d] for d in positive_ids]
+        first = self._refresh(sorted(set(positive_rows)))
+        scores = query_embeddings @ self.embeddings.T
+        rows = self._top_k(scores) | self._band(scores, positive_rows)
         per_step = -(-len(self.doc_ids) // self.refresh_every)
         rows |= {(self.cursor + i) % len(self.doc_ids) for i in range(per_step)}
         self.cursor = (self.cursor + per_step) % len(self.doc_ids)
-        second = self._refresh(sorted(rows - positives))
+        second = self._refresh(sorted(rows - set(positive_rows)))
         return RefreshStats(first.documents + second.documents, first.seconds + second.seconds)
 
     def ranks(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> np.ndarray:
         """1-based rank of each query's positive among all documents."""
-        scores = query_embeddings @ self.embeddings.T
-        rows = np.array([self.position[d] for d in positive_ids])
-        positive = scores[np.arange(len(rows)), rows]
-        return 1 + (scores > positive[:, None]).sum(axis=1)
+        return positive_ranks(query_embeddings @ self.embeddings.T, [self.position[d] for d in positive_ids])
 
     def rankings(self, query_embeddings: np.ndarray, k: int) -> np.ndarray:
         return np.argsort(-(query_embeddings @ self.embeddings.T), axis=1, kind="stable")[:, :k]
+
+
+def positive_ranks(scores: np.ndarray, positive_rows: list[int] | np.ndarray) -> np.ndarray:
+    """1-based rank of each query's positive (``scores[i, positive_rows[i]]``) among all its scores."""
+    positive = scores[np.arange(len(positive_rows)), positive_rows]
+    return 1 + (scores > positive[:, None]).sum(axis=1)
 
 
 def overlap_at_k(a: np.ndarray, b: np.ndarray) -> float:

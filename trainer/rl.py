@@ -226,14 +226,15 @@ class GRPOTrainer:
             ranks, fresh_ranks = zip(*self.reward_audits)
             result |= {"rewarded_ranks_compared": len(ranks),
                        **{f"rewarded {k}": v for k, v in rank_agreement(ranks, fresh_ranks).items()}}
+        full_refreshes = list(self.full_refresh_seconds)
         if queries:
             picked = np.random.default_rng(seed).choice(len(self.triples), min(queries, len(self.triples)), replace=False)
             embeddings = self.policy.embed([self.triples[i].query for i in picked], "query").float().cpu().numpy()
             agreement = agreement_with_fresh_index(self.env, embeddings, [self.positive_ids[i] for i in picked])
-            self.full_refresh_seconds.append(agreement.pop("full_refresh_seconds"))
+            full_refreshes.append(agreement.pop("full_refresh_seconds"))
             result |= agreement
-        if self.full_refresh_seconds:
-            full = float(np.mean(self.full_refresh_seconds))
+        if full_refreshes:
+            full = float(np.mean(full_refreshes))
             result |= {"full_refresh_seconds": round(full, 1), "refresh_cost_vs_full_refresh": round(refresh / full, 3)}
         return result
 
