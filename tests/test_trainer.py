@@ -437,7 +437,7 @@ def test_rl_run_audits_its_index_against_a_fresh_one(tiny_model_dir, data_dir, t
 def test_rl_resumes_from_its_checkpoint_with_the_index_and_matches_an_uninterrupted_run(tiny_model_dir, data_dir,
                                                                                        tmp_path):
     """A run stopped after its step-2 checkpoint and started again continues at step 3 with the saved index (no
-    corpus re-encode), the same data order and sampling RNG: its log and weights match an uninterrupted run's."""
+    corpus re-encode), the same data order and sampling RNG: its log, weights and audit match an uninterrupted run's."""
     from safetensors.torch import load_file
 
     from trainer.rl import train_rl
@@ -446,7 +446,7 @@ def test_rl_resumes_from_its_checkpoint_with_the_index_and_matches_an_uninterrup
         return RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / folder), beir_dir=str(data_dir / "MiniGSM"),
                         beir_split="test", group_size=2, max_new_tokens=6, batch_size=2, steps=steps, max_length=200,
                         lora=True, train_layers=1, refresh_every=8, top_k=3, learning_rate=1e-3, save_every=2,
-                        mixed_precision="no", format_reward=0.0)
+                        mixed_precision="no", format_reward=0.0, audit_every=2)
 
     whole = train_rl(config("whole", 4), show_progress=False)
     train_rl(config("split", 3), show_progress=False)  # "stopped" after step 3; its checkpoint is at step 2
@@ -456,6 +456,9 @@ def test_rl_resumes_from_its_checkpoint_with_the_index_and_matches_an_uninterrup
     assert [r["step"] for r in logs[1]] == ["1", "2", "3", "4"]  # step 3 ran again; its first row was dropped
     for column in ("mean_rr", "refreshed_docs"):
         assert [float(r[column]) for r in logs[0]] == pytest.approx([float(r[column]) for r in logs[1]], abs=1e-6)
+    audits = [json.loads((tmp_path / f / "index_audit.json").read_text()) for f in ("whole", "split")]
+    for audit in audits:  # steps 2 and 4 audited: the resumed run kept step 2's ranks and full-refresh timing
+        assert audit["rewarded_ranks_compared"] == 2 * 2 * 2 and audit["full_refreshes_timed"] == 2
     a, b = (load_file(str(tmp_path / f / "final" / "adapter_model.safetensors")) for f in ("whole", "split"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 

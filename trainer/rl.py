@@ -107,7 +107,7 @@ class GRPOTrainer:
             state=(checkpoint or {}).get("environment"))
         # (rank rewarded, rank in a freshly encoded index) of every rollout of the audited steps
         self.reward_audits: list[tuple[int, int]] = (checkpoint or {}).get("reward_audits", [])
-        self.full_refresh_seconds: list[float] = []
+        self.full_refresh_seconds: list[float] = (checkpoint or {}).get("full_refresh_seconds", [])
         self.trainable = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
         if checkpoint:
@@ -235,7 +235,8 @@ class GRPOTrainer:
             result |= agreement
         if full_refreshes:
             full = float(np.mean(full_refreshes))
-            result |= {"full_refresh_seconds": round(full, 1), "refresh_cost_vs_full_refresh": round(refresh / full, 3)}
+            result |= {"full_refreshes_timed": len(full_refreshes), "full_refresh_seconds": round(full, 1),
+                       "refresh_cost_vs_full_refresh": round(refresh / full, 3)}
         return result
 
 
@@ -279,7 +280,8 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
             if cfg.save_every and (step + 1) % cfg.save_every == 0:
                 save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint",
                                 {"environment": trainer.env.state(), "rng": torch.get_rng_state(), "steps": steps,
-                                 "reward_audits": trainer.reward_audits})
+                                 "reward_audits": trainer.reward_audits,
+                                 "full_refresh_seconds": trainer.full_refresh_seconds})
     audited = cfg.audit_queries or trainer.reward_audits
     audit = trainer.audit_index(steps, cfg.audit_queries) if audited else None  # every process encodes
     if main:
