@@ -6,7 +6,9 @@ document last re-encoded ``s`` of the ``--steps-between`` training steps ago is 
 from new to old (a linear model of the drift). Each document's age is uniform over ``--refresh-every`` steps (the
 round-robin refresh), the positive is fresh (re-encoded first). For each rank band the documents scoring within it
 of the positive are made fresh too, and the positive's rank among all documents is compared with the fresh index's,
-for the direct embeddings (new checkpoint) of train queries. Embeddings come from the evaluation's cache when the
+for the direct embeddings (new checkpoint) of train queries. A measured band (``--drift-bands``, the environment's
+``drift_band``) is, per query, that many times the largest score change over the oldest documents (the round-robin
+slice the environment re-encodes first), which are then fresh too. Embeddings come from the evaluation's cache when the
 checkpoints were evaluated on the folder (else they are encoded: about 45 minutes each for SciFact on this CPU).
 
 Usage: HF_HUB_OFFLINE=1 python benchmarks/bench_rank_band.py --old searchr3:smollm2-sft \
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="train queries (split 'train') compared")
     parser.add_argument("--refresh-every", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--bands", type=float, nargs="+", default=[0.0, 0.005, 0.01, 0.02])
+    parser.add_argument("--drift-bands", type=float, nargs="*", default=[1.0, 1.5, 2.0])
     parser.add_argument("--out", default="results/benchmarks/rank_band.json")
     args = parser.parse_args()
     task = load_beir_folder(args.beir_dir, "train")
@@ -66,12 +69,16 @@ def main() -> None:
         held /= np.linalg.norm(held, axis=1, keepdims=True)
         held[positives] = new[positives]
         scores = queries @ held.T
+        oldest = age == age.max()
+        drift = np.abs(fresh_scores - scores)[:, oldest].max(axis=1)
         gap = np.abs(scores - scores[np.arange(len(positives)), positives][:, None])
-        for band in args.bands:
-            in_band = gap <= band if band > 0 else np.zeros_like(gap, dtype=bool)
-            refreshed = np.where(in_band, fresh_scores, scores)
+        settings = [({"rank_band": band}, np.full(len(positives), band), False) for band in args.bands]
+        settings += [({"drift_band": factor}, factor * drift, True) for factor in args.drift_bands]
+        for setting, band, slice_fresh in settings:
+            in_band = (gap <= band[:, None]) & (band[:, None] > 0)
+            refreshed = np.where(in_band | (oldest[None, :] & slice_fresh), fresh_scores, scores)
             ranks = positive_ranks(refreshed, positives)
-            rows.append({"refresh_every": every, "rank_band": band,
+            rows.append({"refresh_every": every, **setting,
                          "band_documents_per_query_mean": round(float(in_band.sum(1).mean()), 1),
                          "positive_rank_agreement (same rank)": round(float(np.mean(ranks == fresh)), 3),
                          "reward_agreement (1 - mean |1/r - 1/r_fresh|)":

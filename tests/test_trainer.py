@@ -160,8 +160,9 @@ def test_environment_partial_refresh_tracks_a_fresh_index():
 
 
 def test_rank_band_refresh_gives_the_positives_rank_in_a_fresh_index():
-    """A reward is the positive's rank: re-encoding the documents that score near the positive (its rank band) makes
-    that rank the fresh index's, while refreshing the top-k candidates alone leaves stale documents that cross it."""
+    """A reward is the positive's rank: re-encoding the documents that score near the positive (its rank band, fixed
+    or measured from the score drift of the round-robin slice) makes that rank the fresh index's, while refreshing the
+    top-k candidates and the slice alone leaves stale documents that cross it."""
     rng = np.random.default_rng(0)
     base = rng.normal(size=(2000, 32)).astype(np.float32)
     shift = rng.normal(size=(2000, 32)).astype(np.float32)
@@ -176,15 +177,19 @@ def test_rank_band_refresh_gives_the_positives_rank_in_a_fresh_index():
     queries = base[:16] + 2.0 * rng.normal(size=(16, 32)).astype(np.float32)  # positives at ranks 1 to ~450
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     wrong, refreshed = {}, {}
-    for band in (0.0, 0.06):
+    for band in ({"rank_band": 0.0}, {"rank_band": 0.06}, {"drift_band": 1.0}):
         drift["scale"] = 0.0
-        env = RetrievalEnvironment(ids, texts, encode, top_k=5, refresh_every=2000, rank_band=band)
+        env = RetrievalEnvironment(ids, texts, encode, top_k=5, refresh_every=20, **band)
+        env.cursor = 100  # the slice is not the positives
         drift["scale"] = 0.1  # the policy changed
-        refreshed[band] = env.refresh_for_batch(queries, positives).documents
+        name = next(f"{k}={v}" for k, v in band.items())
+        refreshed[name] = env.refresh_for_batch(queries, positives).documents
         fresh = RetrievalEnvironment(ids, texts, encode, top_k=5)
-        wrong[band] = int((env.ranks(queries, positives) != fresh.ranks(queries, positives)).sum())
-    assert wrong[0.0] >= 3 and wrong[0.06] == 0
-    assert refreshed[0.0] < refreshed[0.06] < 1000
+        wrong[name] = int((env.ranks(queries, positives) != fresh.ranks(queries, positives)).sum())
+    assert wrong == {"rank_band=0.0": wrong["rank_band=0.0"], "rank_band=0.06": 0, "drift_band=1.0": 0}
+    assert wrong["rank_band=0.0"] >= 3
+    assert refreshed["rank_band=0.0"] < min(refreshed["rank_band=0.06"], refreshed["drift_band=1.0"])
+    assert max(refreshed.values()) < 1000
 
 
 def test_grpo_update_favours_the_rollouts_that_rank_the_positive_higher(tiny_model_dir, tmp_path):

@@ -99,6 +99,7 @@ class RLConfig(RunConfig):
     top_k: int = 10
     refresh_every: int = 10  # the whole corpus is re-encoded across this many steps
     rank_band: float = 0.0  # also re-encode, before a reward, the documents scoring this close to the positive
+    drift_band: float = 0.0  # or that many times the largest score drift measured on the round-robin slice (per query)
     audit_every: int = 0  # every this many steps, compare the ranks rewarded with a freshly encoded index's (0: never)
     audit_queries: int = 0  # at the end, compare the maintained index with a fresh one on this many train queries
 

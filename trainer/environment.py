@@ -4,8 +4,10 @@ A full refresh re-encodes every document with the current policy. ``refresh_for_
 what the batch's rewards depend on plus a round-robin slice, so that every document is refreshed at least once every
 ``refresh_every`` steps. A reward is the positive's rank, which a stale document changes only if its score crosses the
 positive's; so after the positives, it re-encodes each query's top-k candidates and its *rank band*: the documents
-scoring within ``rank_band`` of the positive, the only ones whose staleness can move the rank while their scores
-have drifted by less than the band.
+scoring within the band of the positive, the only ones whose staleness can move the rank while their scores have
+drifted by less than the band. The band is fixed (``rank_band``) or measured (``drift_band``): the round-robin slice
+holds the index's oldest documents, so re-encoding it first shows how far this query's scores have drifted since
+the policy last encoded them; each query's band is ``drift_band`` times the largest change seen.
 """
 from __future__ import annotations
 
@@ -28,12 +30,13 @@ class RefreshStats:
 
 class RetrievalEnvironment:
     def __init__(self, doc_ids: list[str], doc_texts: list[str], encode: EncodeFn, top_k: int = 10, refresh_every: int = 10,
-                 rank_band: float = 0.0, state: dict | None = None):
-        """``state`` (from ``state()``) restores a saved index instead of encoding the corpus."""
+                 rank_band: float = 0.0, drift_band: float = 0.0, state: dict | None = None):
+        """``state`` (from ``state()``) restores a saved index instead of encoding the corpus. With both ``rank_band``
+        and ``drift_band`` each query's band is the wider of the two."""
         self.doc_ids, self.doc_texts = doc_ids, doc_texts
         self.position = {d: i for i, d in enumerate(doc_ids)}
         self.encode, self.top_k, self.refresh_every = encode, top_k, max(1, refresh_every)
-        self.rank_band = rank_band
+        self.rank_band, self.drift_band = rank_band, drift_band
         if state is not None:
             self.embeddings, self.cursor = state["embeddings"], state["cursor"]
             self.initial_refresh = RefreshStats(**state["initial_refresh"])
@@ -60,24 +63,31 @@ class RetrievalEnvironment:
         k = min(self.top_k, scores.shape[1])
         return set(np.argpartition(-scores, k - 1, axis=1)[:, :k].ravel().tolist())
 
-    def _band(self, scores: np.ndarray, positive_rows: list[int]) -> set[int]:
-        """Documents scoring within ``rank_band`` of each query's positive."""
-        if self.rank_band <= 0:
-            return set()
+    @staticmethod
+    def _band(scores: np.ndarray, positive_rows: list[int], band: np.ndarray) -> set[int]:
+        """Documents scoring within ``band[i]`` of query i's positive."""
         positive = scores[np.arange(len(positive_rows)), positive_rows]
-        return set(np.nonzero(np.abs(scores - positive[:, None]) <= self.rank_band)[1].tolist())
+        return set(np.nonzero(np.abs(scores - positive[:, None]) <= band[:, None])[1].tolist())
 
     def refresh_for_batch(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> RefreshStats:
-        """Re-encode the batch's positives; then its queries' top-k candidates and rank bands (scored against the
-        fresh positives) and the next round-robin slice."""
+        """Re-encode the batch's positives and the next round-robin slice; then its queries' top-k candidates and rank
+        bands, scored against them."""
         positive_rows = [self.position[d] for d in positive_ids]
-        first = self._refresh(sorted(set(positive_rows)))
-        scores = query_embeddings @ self.embeddings.T
-        rows = self._top_k(scores) | self._band(scores, positive_rows)
         per_step = -(-len(self.doc_ids) // self.refresh_every)
-        rows |= {(self.cursor + i) % len(self.doc_ids) for i in range(per_step)}
+        slice_rows = sorted({(self.cursor + i) % len(self.doc_ids) for i in range(per_step)})
         self.cursor = (self.cursor + per_step) % len(self.doc_ids)
-        second = self._refresh(sorted(rows - set(positive_rows)))
+        stale = query_embeddings @ self.embeddings[slice_rows].T
+        first_rows = set(positive_rows) | set(slice_rows)
+        first = self._refresh(sorted(first_rows))
+        band = np.full(len(query_embeddings), self.rank_band, dtype=np.float32)
+        if self.drift_band > 0:
+            drift = np.abs(query_embeddings @ self.embeddings[slice_rows].T - stale).max(axis=1)
+            band = np.maximum(band, self.drift_band * drift)
+        scores = query_embeddings @ self.embeddings.T
+        rows = self._top_k(scores)
+        if band.max() > 0:
+            rows |= self._band(scores, positive_rows, band)
+        second = self._refresh(sorted(rows - first_rows))
         return RefreshStats(first.documents + second.documents, first.seconds + second.seconds)
 
     def ranks(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> np.ndarray:

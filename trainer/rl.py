@@ -103,7 +103,7 @@ class GRPOTrainer:
         # so a refresh re-runs only the trained top layers; across processes each encodes a share, all get the index
         self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts, lambda texts: distributed.map_sharded(
             lambda share: self.policy.embed(share, "document", cfg.max_document_length), texts),
-            top_k=cfg.top_k, refresh_every=cfg.refresh_every, rank_band=cfg.rank_band,
+            top_k=cfg.top_k, refresh_every=cfg.refresh_every, rank_band=cfg.rank_band, drift_band=cfg.drift_band,
             state=(checkpoint or {}).get("environment"))
         # (rank rewarded, rank in a freshly encoded index) of every rollout of the audited steps
         self.reward_audits: list[tuple[int, int]] = (checkpoint or {}).get("reward_audits", [])
