@@ -32,10 +32,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/benchmarks/batch_noise.json")
     args = parser.parse_args()
     cfg = load_config(args.config, RLConfig)
-    policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, train_layers=cfg.train_layers,
-                    max_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype,
-                    mixed_precision=cfg.mixed_precision, attn_implementation=cfg.attn_implementation, device=cfg.device,
-                    prompts=cfg.prompts)
+    policy = Policy.from_config(cfg)
     task = load_beir_folder(Path(cfg.beir_dir), cfg.beir_split)
     picked = random.Random(0).sample(list(task.corpus), args.documents)
     texts = [document_text(task.corpus[d]) for d in picked]
@@ -45,7 +42,7 @@ def main() -> None:
         apart[g :: args.groups] = policy.embed(texts[g :: args.groups], "document", cfg.max_document_length).numpy()
     queries = policy.embed([task.queries[q] for q in list(task.qrels)[: args.queries]], "query").numpy()
     noise = np.abs(queries @ (together - apart).T)
-    atomic_write_json(args.out, {
+    result = {
         "benchmark": "score change of the same documents re-encoded in other batches (same weights)",
         "command": f"HF_HUB_OFFLINE=1 python benchmarks/bench_batch_noise.py --config {args.config} --documents "
                    f"{args.documents} --groups {args.groups} --queries {args.queries}",
@@ -56,8 +53,9 @@ def main() -> None:
         "score_noise_p99": round(float(np.quantile(noise, 0.99)), 5),
         "score_noise_max": round(float(noise.max()), 5),
         "score_std_per_query_mean": round(float((queries @ together.T).std(1).mean()), 4),
-    })
-    print(open(args.out).read())
+    }
+    atomic_write_json(args.out, result)
+    print(result)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from searchr3_eval.models.llm import (
 from searchr3_eval.models.searchr3 import (
     EMBED_TOKEN, SearchR3Encoder, add_embed_token, embed_token_id, resolve_prompts, stop_token_ids, trained_preset,
 )
+from trainer.config import RunConfig
 
 
 REFERENCE_ADAPTER = "reference"
@@ -89,6 +90,13 @@ class Policy:
                                         prompts=resolve_prompts(self.prompt_preset), show_progress=False)
         self.embed_id = self.prompter.embed_id
         self.stop_ids = stop_token_ids(tokenizer, self.embed_id)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, **settings) -> Policy:
+        """The policy a stage's config describes (``settings``: the stage's own, e.g. ``max_new_tokens``)."""
+        return cls(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, train_layers=cfg.train_layers,
+                   max_length=cfg.max_length, dtype=cfg.dtype, mixed_precision=cfg.mixed_precision,
+                   attn_implementation=cfg.attn_implementation, device=cfg.device, prompts=cfg.prompts, **settings)
 
     def _freeze_below_top(self, model, train_layers: int) -> int:
         """Train only the top ``train_layers`` decoder layers (their LoRA adapters, or their weights and the final

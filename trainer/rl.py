@@ -90,11 +90,7 @@ class GRPOTrainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.triples = triples
-        self.policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                             train_layers=cfg.train_layers, max_length=cfg.max_length,
-                             max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype, mixed_precision=cfg.mixed_precision,
-                             attn_implementation=cfg.attn_implementation, device=cfg.device,
-                             prompts=cfg.prompts)
+        self.policy = Policy.from_config(cfg, max_new_tokens=cfg.max_new_tokens)
         if checkpoint:
             self.policy.model.load_state_dict(checkpoint["model"])
         corpus = corpus or Corpus(*corpus_from_triples(triples))

@@ -129,10 +129,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     triples = training_triples(cfg)
-    policy = Policy(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                    train_layers=cfg.train_layers, max_length=cfg.max_length, dtype=cfg.dtype,
-                    mixed_precision=cfg.mixed_precision, attn_implementation=cfg.attn_implementation, device=cfg.device,
-                    prompts=cfg.prompts)
+    policy = Policy.from_config(cfg)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size) / cfg.grad_accum)
