@@ -76,12 +76,12 @@ class RetrievalEnvironment:
         per_step = -(-len(self.doc_ids) // self.refresh_every)
         slice_rows = sorted({(self.cursor + i) % len(self.doc_ids) for i in range(per_step)})
         self.cursor = (self.cursor + per_step) % len(self.doc_ids)
-        stale = query_embeddings @ self.embeddings[slice_rows].T
+        held = self.embeddings[slice_rows] if self.drift_band > 0 else None  # a copy: the slice as the index held it
         first_rows = set(positive_rows) | set(slice_rows)
         first = self._refresh(sorted(first_rows))
         band = np.full(len(query_embeddings), self.rank_band, dtype=np.float32)
-        if self.drift_band > 0:
-            drift = np.abs(query_embeddings @ self.embeddings[slice_rows].T - stale).max(axis=1)
+        if held is not None:
+            drift = np.abs(query_embeddings @ (self.embeddings[slice_rows] - held).T).max(axis=1)
             band = np.maximum(band, self.drift_band * drift)
         scores = query_embeddings @ self.embeddings.T
         rows = self._top_k(scores)
