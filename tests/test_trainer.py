@@ -429,7 +429,7 @@ def test_rl_run_audits_its_index_against_a_fresh_one(tiny_model_dir, data_dir, t
     cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), beir_dir=str(data_dir / "MiniGSM"),
                    beir_split="test", group_size=2, max_new_tokens=6, batch_size=2, steps=2, max_length=200,
                    lora=True, train_layers=1, refresh_every=8, top_k=3, learning_rate=0.0, mixed_precision="no",
-                   audit_queries=10, audit_every=1, rank_band=0.05)
+                   audit_queries=10, audit_every=1, rank_band=0.05, audit_noise=0.01)
     train_rl(cfg, show_progress=False)
     audit = json.loads((tmp_path / "rl" / "index_audit.json").read_text())
     assert audit["documents"] == 40 and audit["steps"] == 2 and audit["queries_compared"] == 10
@@ -437,6 +437,23 @@ def test_rl_run_audits_its_index_against_a_fresh_one(tiny_model_dir, data_dir, t
     assert audit["positive_rank_agreement (same rank)"] == 1.0 and audit["top10_overlap_partial_vs_fresh"] == 1.0
     assert audit["rewarded_ranks_compared"] == 2 * 2 * 2  # steps x queries x rollouts, each audited
     assert audit["rewarded positive_rank_agreement (same rank)"] == 1.0
+    assert audit["rewarded_ranks_with_noise_range"] == 8 and audit["audit_noise"] == 0.01
+    assert audit["rewarded positive_rank_agreement (within the fresh index's noise range) [noise-ranged audits]"] == 1.0
+    assert audit["positive_rank_agreement (within the fresh index's noise range)"] == 1.0
+
+
+def test_noise_range_counts_near_ties_with_the_positive_as_agreement():
+    """A rank that differs from the fresh index's only by documents within the noise of the positive's score agrees
+    within noise; one a document well above the positive moved does not."""
+    from trainer.environment import positive_rank_range, rank_agreement
+
+    fresh = np.array([[0.500, 0.503, 0.490, 0.600, 0.497], [0.500, 0.530, 0.490, 0.600, 0.470]])
+    ranges = positive_rank_range(fresh, [0, 0], tolerance=0.004)
+    assert ranges.tolist() == [[2, 4], [3, 3]]  # the 0.503 and 0.497 near-ties may be either side of the positive
+    rewarded, fresh_ranks = np.array([4, 2]), np.array([3, 3])
+    agreement = rank_agreement(rewarded, fresh_ranks, ranges)
+    assert agreement["positive_rank_agreement (same rank)"] == 0.0
+    assert agreement["positive_rank_agreement (within the fresh index's noise range)"] == 0.5
 
 
 def test_rl_resumes_from_its_checkpoint_with_the_index_and_matches_an_uninterrupted_run(tiny_model_dir, data_dir,

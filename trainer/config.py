@@ -102,6 +102,7 @@ class RLConfig(RunConfig):
     drift_band: float = 0.0  # or that many times the largest score drift measured on the round-robin slice (per query)
     audit_every: int = 0  # every this many steps, compare the ranks rewarded with a freshly encoded index's (0: never)
     audit_queries: int = 0  # at the end, compare the maintained index with a fresh one on this many train queries
+    audit_noise: float = 0.0  # the audits also count a rank as agreeing within the fresh ranks at scores +- this
 
 
 T = TypeVar("T")

@@ -94,6 +94,10 @@ class RetrievalEnvironment:
         """1-based rank of each query's positive among all documents."""
         return positive_ranks(query_embeddings @ self.embeddings.T, [self.position[d] for d in positive_ids])
 
+    def rank_ranges(self, query_embeddings: np.ndarray, positive_ids: list[str], tolerance: float) -> np.ndarray:
+        """[Q, 2]: each query's positive's best and worst rank if scores may move by ``tolerance`` against it."""
+        return positive_rank_range(query_embeddings @ self.embeddings.T, [self.position[d] for d in positive_ids], tolerance)
+
     def rankings(self, query_embeddings: np.ndarray, k: int) -> np.ndarray:
         return np.argsort(-(query_embeddings @ self.embeddings.T), axis=1, kind="stable")[:, :k]
 
@@ -102,6 +106,13 @@ def positive_ranks(scores: np.ndarray, positive_rows: list[int] | np.ndarray) ->
     """1-based rank of each query's positive (``scores[i, positive_rows[i]]``) among all its scores."""
     positive = scores[np.arange(len(positive_rows)), positive_rows]
     return 1 + (scores > positive[:, None]).sum(axis=1)
+
+
+def positive_rank_range(scores: np.ndarray, positive_rows: list[int] | np.ndarray, tolerance: float) -> np.ndarray:
+    """[Q, 2]: the positive's best rank (only documents more than ``tolerance`` above it ahead) and worst rank (every
+    document within ``tolerance`` below it ahead too): the ranks the same index could give under encoder noise."""
+    positive = scores[np.arange(len(positive_rows)), positive_rows][:, None]
+    return np.stack([1 + (scores > positive + tolerance).sum(axis=1), (scores >= positive - tolerance).sum(axis=1)], axis=1)
 
 
 def overlap_at_k(a: np.ndarray, b: np.ndarray) -> float:
@@ -115,22 +126,30 @@ def fresh_copy(env: RetrievalEnvironment) -> tuple[RetrievalEnvironment, Refresh
     return fresh, fresh.full_refresh()
 
 
-def rank_agreement(ranks: np.ndarray, fresh_ranks: np.ndarray) -> dict:
-    """How often the positive's rank is the fresh index's, and how close the reciprocal ranks are."""
+def rank_agreement(ranks: np.ndarray, fresh_ranks: np.ndarray, fresh_ranges: np.ndarray | None = None) -> dict:
+    """How often the positive's rank is the fresh index's, and how close the reciprocal ranks are; with
+    ``fresh_ranges`` ([N, 2], from ``positive_rank_range``) also how often it lies within the fresh index's range."""
     ranks, fresh_ranks = np.asarray(ranks), np.asarray(fresh_ranks)
-    return {
+    result = {
         "positive_rank_agreement (same rank)": round(float(np.mean(ranks == fresh_ranks)), 3),
         "reward_agreement (1 - mean |1/r - 1/r_fresh|)": round(float(1 - np.mean(np.abs(1 / ranks - 1 / fresh_ranks))), 4),
     }
+    if fresh_ranges is not None:
+        inside = (fresh_ranges[:, 0] <= ranks) & (ranks <= fresh_ranges[:, 1])
+        result["positive_rank_agreement (within the fresh index's noise range)"] = round(float(np.mean(inside)), 3)
+    return result
 
 
-def agreement_with_fresh_index(env: RetrievalEnvironment, queries: np.ndarray, positive_ids: list[str]) -> dict:
-    """Compare ``env``'s maintained index, as it is, with a freshly encoded copy on the positive's rank and on the top
-    10 (the whole index's freshness: no refresh for these queries first, unlike a reward)."""
+def agreement_with_fresh_index(env: RetrievalEnvironment, queries: np.ndarray, positive_ids: list[str],
+                               noise: float = 0.0) -> dict:
+    """Compare ``env``'s maintained index, as it is, with a freshly encoded copy on the positive's rank (also within
+    the fresh rank range at +-``noise`` when given) and on the top 10 (the whole index's freshness: no refresh for
+    these queries first, unlike a reward)."""
     fresh, full = fresh_copy(env)
+    ranges = fresh.rank_ranges(queries, positive_ids, noise) if noise > 0 else None
     return {
         "queries_compared": len(positive_ids),
         "full_refresh_seconds": full.seconds,
-        **rank_agreement(env.ranks(queries, positive_ids), fresh.ranks(queries, positive_ids)),
+        **rank_agreement(env.ranks(queries, positive_ids), fresh.ranks(queries, positive_ids), ranges),
         "top10_overlap_partial_vs_fresh": round(overlap_at_k(env.rankings(queries, 10), fresh.rankings(queries, 10)), 3),
     }

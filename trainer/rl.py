@@ -101,8 +101,9 @@ class GRPOTrainer:
             lambda share: self.policy.embed(share, "document", cfg.max_document_length), texts),
             top_k=cfg.top_k, refresh_every=cfg.refresh_every, rank_band=cfg.rank_band, drift_band=cfg.drift_band,
             state=(checkpoint or {}).get("environment"))
-        # (rank rewarded, rank in a freshly encoded index) of every rollout of the audited steps
-        self.reward_audits: list[tuple[int, int]] = (checkpoint or {}).get("reward_audits", [])
+        # (rank rewarded, rank in a freshly encoded index[, its best and worst rank within audit_noise]) of every
+        # rollout of the audited steps
+        self.reward_audits: list[tuple[int, ...]] = (checkpoint or {}).get("reward_audits", [])
         self.full_refresh_seconds: list[float] = (checkpoint or {}).get("full_refresh_seconds", [])
         self.trainable = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
@@ -166,9 +167,10 @@ class GRPOTrainer:
         if audit:  # before the update: the fresh index is encoded by the policy that was rewarded
             fresh, full = fresh_copy(self.env)
             self.full_refresh_seconds.append(full.seconds)
-            pairs = zip(self.env.ranks(rollouts.embeddings, group_positives).tolist(),
-                        fresh.ranks(rollouts.embeddings, group_positives).tolist())
-            self.reward_audits += distributed.all_gather_list(list(pairs))
+            audited = [self.env.ranks(rollouts.embeddings, group_positives), fresh.ranks(rollouts.embeddings, group_positives)]
+            if cfg.audit_noise > 0:
+                audited += fresh.rank_ranges(rollouts.embeddings, group_positives, cfg.audit_noise).T.tolist()
+            self.reward_audits += distributed.all_gather_list([tuple(map(int, a)) for a in zip(*audited)])
         update = self.update(rollouts, rewards)
         tokens = sum(len(p) + len(a) for p, a in zip(rollouts.prompts, rollouts.actions))
         return {
@@ -219,14 +221,20 @@ class GRPOTrainer:
             "step_seconds_mean": round(float(np.mean([s["rollout_seconds"] + s["refresh_seconds"] for s in steps])), 2),
         }
         if self.reward_audits:
-            ranks, fresh_ranks = zip(*self.reward_audits)
+            ranks, fresh_ranks = (np.array([a[i] for a in self.reward_audits]) for i in (0, 1))
             result |= {"rewarded_ranks_compared": len(ranks),
                        **{f"rewarded {k}": v for k, v in rank_agreement(ranks, fresh_ranks).items()}}
+            ranged = np.array([a for a in self.reward_audits if len(a) == 4])  # audits made with audit_noise
+            if len(ranged):
+                within = rank_agreement(ranged[:, 0], ranged[:, 1], ranged[:, 2:])
+                result |= {"audit_noise": self.cfg.audit_noise, "rewarded_ranks_with_noise_range": len(ranged),
+                           **{f"rewarded {k} [noise-ranged audits]": v for k, v in within.items()}}
         full_refreshes = list(self.full_refresh_seconds)
         if queries:
             picked = np.random.default_rng(seed).choice(len(self.triples), min(queries, len(self.triples)), replace=False)
             embeddings = self.policy.embed([self.triples[i].query for i in picked], "query").float().cpu().numpy()
-            agreement = agreement_with_fresh_index(self.env, embeddings, [self.positive_ids[i] for i in picked])
+            agreement = agreement_with_fresh_index(self.env, embeddings, [self.positive_ids[i] for i in picked],
+                                                   self.cfg.audit_noise)
             full_refreshes.append(agreement.pop("full_refresh_seconds"))
             result |= agreement
         if full_refreshes:
