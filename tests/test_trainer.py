@@ -483,6 +483,13 @@ def test_rl_resumes_from_its_checkpoint_with_the_index_and_matches_an_uninterrup
         assert audit["rewarded_ranks_compared"] == 2 * 2 * 2 and audit["full_refreshes_timed"] == 2
     a, b = (load_file(str(tmp_path / f / "final" / "adapter_model.safetensors")) for f in ("whole", "split"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # the resumed trainer starts with the documents' lower-layer states: its refreshes run only the trained layer
+    from trainer.rl import GRPOTrainer, load_checkpoint, training_set
+
+    cfg, cache_file = config("split", 4), tmp_path / "split" / "lower_cache.0-of-1.pt"
+    triples, corpus = training_set(cfg)
+    resumed_trainer = GRPOTrainer(cfg, triples, corpus, load_checkpoint(tmp_path / "split" / "checkpoint"), cache_file)
+    assert len(resumed_trainer.policy.lower_cache.states) >= len(corpus.doc_ids) == 40
 
 
 def test_sft_on_two_gloo_processes_matches_one_process(tiny_model_dir, tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from searchr3_eval.atomic import atomic_write
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import plan_batches
 from searchr3_eval.models.adapter import is_adapter, load_adapter, read_manifest, save_adapter
@@ -258,3 +259,10 @@ class LowerLayerCache:
             for i, state in zip(chunk, states):
                 self.states[missing[i]] = state.to(dtype=dtype, copy=True)
         return [self.states[tuple(s)] for s in sequences]
+
+    def save(self, path: Path) -> None:
+        atomic_write(path, lambda tmp: torch.save(self.states, tmp))
+
+    def load(self, path: Path) -> None:
+        """Add the states ``save`` wrote (valid only for the same frozen layers: the same base and ``train_layers``)."""
+        self.states.update(torch.load(path, weights_only=True))

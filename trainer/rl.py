@@ -83,16 +83,23 @@ def training_set(cfg: RLConfig) -> tuple[list[Triple], Corpus]:
 
 
 class GRPOTrainer:
-    def __init__(self, cfg: RLConfig, triples: list[Triple], corpus: Corpus | None = None, checkpoint: dict | None = None):
+    def __init__(self, cfg: RLConfig, triples: list[Triple], corpus: Corpus | None = None, checkpoint: dict | None = None,
+                 lower_cache_file: Path | None = None):
         """``checkpoint`` (a saved ``state.pt``) resumes: weights, optimiser, the index and the sampling RNG (a
-        checkpoint without the index, saved by an older version, has its corpus re-encoded with its weights)."""
-        self.cfg = cfg
+        checkpoint without the index, saved by an older version, has its corpus re-encoded with its weights).
+        ``lower_cache_file``: where ``keep_lower_cache`` writes the documents' frozen lower-layer states, restored
+        with a checkpoint so that a resumed run's refreshes re-run only the trained layers."""
+        self.cfg, self.lower_cache_file = cfg, lower_cache_file
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.triples = triples
         self.policy = Policy.from_config(cfg, max_new_tokens=cfg.max_new_tokens)
         if checkpoint:
             self.policy.model.load_state_dict(checkpoint["model"])
+            if self.policy.lower_cache is not None and lower_cache_file is not None and lower_cache_file.exists():
+                self.policy.lower_cache.load(lower_cache_file)
+        elif lower_cache_file is not None:  # a fresh run: a cache left by another run may hold other frozen layers
+            lower_cache_file.unlink(missing_ok=True)
         corpus = corpus or Corpus(*corpus_from_triples(triples))
         self.positive_ids = corpus.positive_ids
         # documents go through the training forward: with train_layers their frozen lower layers are computed once,
@@ -137,6 +144,11 @@ class GRPOTrainer:
             sequences.append(prompt + row[:n] + [self.policy.embed_id])
         embeddings = self.policy.forward(sequences, keep_lower=False).embeddings.float().cpu().numpy()
         return Rollouts(prompts, actions, emitted, embeddings)
+
+    def keep_lower_cache(self) -> None:
+        """Write the lower-layer cache to ``lower_cache_file`` once (the frozen layers' states never change)."""
+        if self.policy.lower_cache is not None and self.lower_cache_file is not None and not self.lower_cache_file.exists():
+            self.policy.lower_cache.save(self.lower_cache_file)
 
     def rewards(self, rollouts: Rollouts, positive_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         reciprocal = 1.0 / self.env.ranks(rollouts.embeddings, positive_ids)
@@ -263,7 +275,8 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
     triples, corpus = training_set(cfg)
     out = Path(cfg.output_dir)
     checkpoint = load_checkpoint(out / "checkpoint")  # resume: no corpus re-encode
-    trainer = GRPOTrainer(cfg, triples, corpus, checkpoint)
+    # each process caches the lower layers of the documents it encodes (its share of the corpus)
+    trainer = GRPOTrainer(cfg, triples, corpus, checkpoint, out / f"lower_cache.{rank}-of-{size}.pt")
     first = checkpoint["step"] if checkpoint else 0
     log = CSVLog(out / "rl_log.csv", COLUMNS) if main else None
     if log is not None:
@@ -279,9 +292,12 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
         local = trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx], audit_step)
         steps.append(distributed.mean_across_ranks(local))  # the index rows refreshed are the same on every process
         steps[-1]["tokens_per_second"] *= size
+        saving = cfg.save_every and (step + 1) % cfg.save_every == 0
+        if saving:
+            trainer.keep_lower_cache()
         if main:
             log.append({"step": step + 1, **steps[-1]})
-            if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            if saving:
                 save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint",
                                 {"environment": trainer.env.state(), "rng": torch.get_rng_state(), "steps": steps,
                                  "reward_audits": trainer.reward_audits,
