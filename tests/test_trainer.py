@@ -433,7 +433,8 @@ def test_rl_run_audits_its_index_against_a_fresh_one(tiny_model_dir, data_dir, t
     train_rl(cfg, show_progress=False)
     audit = json.loads((tmp_path / "rl" / "index_audit.json").read_text())
     assert audit["documents"] == 40 and audit["steps"] == 2 and audit["queries_compared"] == 10
-    assert 0 < audit["refresh_cost_vs_full_reencode"] < 1 and audit["refresh_cost_vs_full_refresh"] > 0
+    assert 0 < audit["partial_refresh_docs_mean"] < audit["documents"]  # not a timing bound: seconds vary with load
+    assert audit["refresh_cost_vs_full_reencode"] > 0 and audit["refresh_cost_vs_full_refresh"] > 0
     assert audit["positive_rank_agreement (same rank)"] == 1.0 and audit["top10_overlap_partial_vs_fresh"] == 1.0
     assert audit["rewarded_ranks_compared"] == 2 * 2 * 2  # steps x queries x rollouts, each audited
     assert audit["rewarded positive_rank_agreement (same rank)"] == 1.0

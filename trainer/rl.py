@@ -89,7 +89,7 @@ class GRPOTrainer:
         checkpoint without the index, saved by an older version, has its corpus re-encoded with its weights).
         ``lower_cache_file``: where ``keep_lower_cache`` writes the documents' frozen lower-layer states, restored
         with a checkpoint so that a resumed run's refreshes re-run only the trained layers."""
-        self.cfg, self.lower_cache_file = cfg, lower_cache_file
+        self.cfg, self.lower_cache_file, self.lower_states_saved = cfg, lower_cache_file, 0
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.triples = triples
@@ -98,6 +98,7 @@ class GRPOTrainer:
             self.policy.model.load_state_dict(checkpoint["model"])
             if self.policy.lower_cache is not None and lower_cache_file is not None and lower_cache_file.exists():
                 self.policy.lower_cache.load(lower_cache_file)
+                self.lower_states_saved = len(self.policy.lower_cache.states)
         elif lower_cache_file is not None:  # a fresh run: a cache left by another run may hold other frozen layers
             lower_cache_file.unlink(missing_ok=True)
         corpus = corpus or Corpus(*corpus_from_triples(triples))
@@ -146,9 +147,13 @@ class GRPOTrainer:
         return Rollouts(prompts, actions, emitted, embeddings)
 
     def keep_lower_cache(self) -> None:
-        """Write the lower-layer cache to ``lower_cache_file`` once (the frozen layers' states never change)."""
-        if self.policy.lower_cache is not None and self.lower_cache_file is not None and not self.lower_cache_file.exists():
-            self.policy.lower_cache.save(self.lower_cache_file)
+        """Write the lower-layer cache to ``lower_cache_file`` when it holds more states than the file (the frozen
+        layers' states never change: after the initial index it is written once, after a resume without it as the
+        refreshes fill it)."""
+        cache = self.policy.lower_cache
+        if cache is not None and self.lower_cache_file is not None and len(cache.states) > self.lower_states_saved:
+            cache.save(self.lower_cache_file)
+            self.lower_states_saved = len(cache.states)
 
     def rewards(self, rollouts: Rollouts, positive_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         reciprocal = 1.0 / self.env.ranks(rollouts.embeddings, positive_ids)
