@@ -485,7 +485,8 @@ def test_rl_resumes_from_its_checkpoint_with_the_index_and_matches_an_uninterrup
     a, b = (load_file(str(tmp_path / f / "final" / "adapter_model.safetensors")) for f in ("whole", "split"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     # the resumed trainer starts with the documents' lower-layer states: its refreshes run only the trained layer
-    from trainer.rl import GRPOTrainer, load_checkpoint, training_set
+    from trainer.rl import GRPOTrainer, training_set
+    from trainer.sft import load_checkpoint
 
     cfg, cache_file = config("split", 4), tmp_path / "split" / "lower_cache.0-of-1.pt"
     triples, corpus = training_set(cfg)
