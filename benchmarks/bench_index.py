@@ -21,12 +21,11 @@ import numpy as np
 import torch
 
 from searchr3_eval.atomic import atomic_write_json
-from searchr3_eval.cache import EmbeddingCache
+from searchr3_eval.cache import EmbeddingCache, default_cache_dir
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.metrics import evaluate
 from searchr3_eval.models import ModelOptions, load_model, parse_model_specs
 from searchr3_eval.retrieval import dense_search, parse_index
-from searchr3_eval.runner import default_cache_dir
 
 REAL_INDEXES = ["flat", "ivf", "ivf:nprobe=64", "hnsw", "hnsw:ef_search=64"]
 

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from searchr3_eval.atomic import atomic_write_json
-from searchr3_eval.cache import EmbeddingCache
+from searchr3_eval.cache import EmbeddingCache, default_cache_dir
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.models import ModelOptions, load_model, parse_model_specs
-from searchr3_eval.runner import default_cache_dir
 from trainer.environment import positive_ranks
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,3 +47,26 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_folder(folder: str | Path, write: Callable[[Path], None], replace: bool = True) -> Path:
+    """Call ``write(tmp_folder)`` on an empty sibling folder, then rename it onto ``folder`` with normal permissions.
+    ``replace``: an existing ``folder`` is removed first; otherwise the first folder in place is kept (of two
+    processes writing the same content, the first rename wins and the other's work is dropped)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp leaves 0700
+        normal_permissions(tmp)
+        if replace:
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if replace or not folder.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

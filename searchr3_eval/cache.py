@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 
 from searchr3_eval.errors import UserError
+
+
+def default_cache_dir() -> Path:
+    """Where embeddings and converted models are kept: $SEARCHR3_CACHE, else ~/.cache/searchr3-eval."""
+    return Path(os.environ.get("SEARCHR3_CACHE", Path.home() / ".cache" / "searchr3-eval"))
 
 
 def text_hash(text: str) -> str:

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, help="folder holding BEIR-format task folders (corpus.jsonl, queries.jsonl, qrels/)")
     run.add_argument("--split", help="qrels split to evaluate (default: the task's test split)")
     run.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
-    run.add_argument("--cache-dir", type=Path, help="embedding cache folder (default ~/.cache/searchr3-eval or $SEARCHR3_CACHE)")
+    run.add_argument("--cache-dir", type=Path, help="embedding cache folder (default $SEARCHR3_CACHE, else ~/.cache/searchr3-eval, which also keeps converted GGUF models)")
     run.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     run.add_argument("--overwrite", action="store_true", help="redo results that already exist")
     run.add_argument("--offline", action="store_true", help="never download task data")
@@ -112,8 +112,9 @@ def quiet_libraries() -> Iterator[None]:
 
 def command_run(args: argparse.Namespace) -> int:
     from searchr3_eval import distributed
+    from searchr3_eval.cache import default_cache_dir
     from searchr3_eval.models import ModelOptions
-    from searchr3_eval.runner import default_cache_dir, evaluate
+    from searchr3_eval.runner import evaluate
 
     names = {f.name for f in fields(ModelOptions)}
     options = ModelOptions(**{k: v for k, v in vars(args).items() if k in names}, show_progress=not args.quiet)
@@ -134,7 +135,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_verify(args: argparse.Namespace) -> int:
-    from searchr3_eval.runner import default_cache_dir
+    from searchr3_eval.cache import default_cache_dir
     from searchr3_eval.verify import format_matrix, verify
 
     checks = verify(args.data_dir, args.expected, models=args.models, tasks=args.tasks, output_dir=args.output_dir,

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -15,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from searchr3_eval import __version__, distributed
-from searchr3_eval.cache import EmbeddingCache
+from searchr3_eval.cache import EmbeddingCache, default_cache_dir
 from searchr3_eval.data import MissingTaskData, RetrievalTask, TaskSource, load_task_source, locate_task, resolve_task_names
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import drop_identical_ids, evaluate as score_run
@@ -33,10 +32,6 @@ KEEP_LOADED_BYTES = 256 * 1024 * 1024  # tasks smaller than this are parsed once
 
 def _silent(message: str) -> None:
     """Ranks other than 0 print nothing."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SEARCHR3_CACHE", Path.home() / ".cache" / "searchr3-eval"))
 
 
 @dataclass

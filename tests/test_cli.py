@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -8,8 +9,10 @@ from searchr3_eval.cli import main
 from tests.conftest import write_beir_folder
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "searchr3_eval.cli", *args], capture_output=True, text=True, timeout=300)
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess; ``env`` adds to this process's environment."""
+    return subprocess.run([sys.executable, "-m", "searchr3_eval.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize(
@@ -76,9 +79,20 @@ def test_quiet_silences_library_progress_bars(tmp_path):
     args = ["run", "--tasks", "Tiny", "--data-dir", str(tmp_path / "data"), "--models", "basellm:smollm2",
             "--output-dir", str(tmp_path / "r"), "--no-cache", "--max-length", "64"]
     loud = run_cli(*args)
-    assert loud.returncode == 0 and "de-quantizing GGUF tensors" in loud.stderr  # transformers' GGUF loading bar
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr  # transformers' loading bar
     quiet = run_cli(*args, "--quiet", "--overwrite")
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_unwritable_model_cache_is_one_line_before_any_conversion(tmp_path):
+    write_beir_folder(tmp_path / "data" / "Tiny", 6)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    proc = run_cli("run", "--tasks", "Tiny", "--data-dir", str(tmp_path / "data"), "--models", "basellm:smollm2",
+                   "--output-dir", str(tmp_path / "r"), "--no-cache", "--quiet", env={"SEARCHR3_CACHE": str(blocker)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert f"cannot write the converted GGUF model to {blocker}/models/gguf/" in proc.stderr
+    assert "set SEARCHR3_CACHE to a writable folder" in proc.stderr
 
 
 def test_bad_trainer_config_is_one_line_and_writes_nothing(tmp_path):

