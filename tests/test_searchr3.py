@@ -291,6 +291,22 @@ def test_auto_dtype_is_resolved_and_recorded():
     assert describe(spec, ModelOptions()).settings["dtype"] == expected
 
 
+def test_explicit_bf16_on_a_cpu_that_emulates_it_is_warned_about_once(caplog):
+    from searchr3_eval.models.llm import cpu_has_native_bf16, resolve_dtype, warn_emulated_bf16
+    from trainer.modeling import resolve_mixed_precision
+
+    warn_emulated_bf16.cache_clear()
+    with caplog.at_level("WARNING", logger="searchr3_eval"):
+        assert resolve_dtype("float32", "cpu") == "float32" and not caplog.records
+        assert resolve_dtype("bfloat16", "cpu") == "bfloat16" and resolve_mixed_precision("bf16", "cpu")
+        resolve_dtype("auto", "cpu")
+    warnings = [r.getMessage() for r in caplog.records]
+    if cpu_has_native_bf16():
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "bfloat16 on this CPU (no AVX512-BF16 or AMX) is emulated" in warnings[0]
+
+
 def test_gguf_is_converted_once_into_the_cache_with_the_same_weights(tmp_path, monkeypatch):
     """The packaged SmolLM2 GGUF becomes a Hugging Face folder under $SEARCHR3_CACHE on its first load; later loads
     read that folder, whose weights equal gguf's own dequantization of the file."""

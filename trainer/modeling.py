@@ -14,8 +14,8 @@ from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import plan_batches
 from searchr3_eval.models.adapter import is_adapter, load_adapter, read_manifest, save_adapter
 from searchr3_eval.models.llm import (
-    cpu_has_native_bf16, last_hidden_states, left_pad, load_causal_lm, lower_hidden_states, padded_forward,
-    resolve_device, upper_forward,
+    check_bf16_on, cpu_has_native_bf16, last_hidden_states, left_pad, load_causal_lm, lower_hidden_states,
+    padded_forward, resolve_device, upper_forward,
 )
 from searchr3_eval.models.searchr3 import (
     EMBED_TOKEN, SearchR3Encoder, add_embed_token, embed_token_id, resolve_prompts, stop_token_ids, trained_preset,
@@ -32,6 +32,8 @@ def resolve_mixed_precision(mode: str, device: str) -> bool:
         if device.startswith("cuda"):
             return torch.cuda.is_bf16_supported()
         return device == "cpu" and cpu_has_native_bf16()
+    if mode == "bf16":
+        check_bf16_on(device)
     return mode == "bf16"
 
 
