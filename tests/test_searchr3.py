@@ -292,10 +292,10 @@ def test_auto_dtype_is_resolved_and_recorded():
 
 
 def test_explicit_bf16_on_a_cpu_that_emulates_it_is_warned_about_once(caplog):
-    from searchr3_eval.models.llm import cpu_has_native_bf16, resolve_dtype, warn_emulated_bf16
+    from searchr3_eval.models.llm import check_bf16_on, cpu_has_native_bf16, resolve_dtype
     from trainer.modeling import resolve_mixed_precision
 
-    warn_emulated_bf16.cache_clear()
+    check_bf16_on.cache_clear()
     with caplog.at_level("WARNING", logger="searchr3_eval"):
         assert resolve_dtype("float32", "cpu") == "float32" and not caplog.records
         assert resolve_dtype("bfloat16", "cpu") == "bfloat16" and resolve_mixed_precision("bf16", "cpu")

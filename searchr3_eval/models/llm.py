@@ -53,16 +53,11 @@ def resolve_device(device: str = "auto") -> str:
 
 
 @cache
-def warn_emulated_bf16() -> None:
-    """Say once that bfloat16 was asked for on a CPU that emulates it."""
-    log.warning("bfloat16 on this CPU (no AVX512-BF16 or AMX) is emulated: measured 7x slower than float32 on such a "
-                "CPU; the 'auto' choice is float32 here")
-
-
 def check_bf16_on(device: str) -> None:
-    """Warn when bfloat16 is chosen explicitly for a CPU without native bf16."""
+    """Warn (once a process) when bfloat16 is chosen explicitly for a CPU without native bf16."""
     if device == "cpu" and not cpu_has_native_bf16():
-        warn_emulated_bf16()
+        log.warning("bfloat16 on this CPU (no AVX512-BF16 or AMX) is emulated: measured 7x slower than float32 on "
+                    "such a CPU; the 'auto' choice is float32 here")
 
 
 def resolve_dtype(dtype: str, device: str = "cpu") -> str:
