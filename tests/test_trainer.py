@@ -524,6 +524,62 @@ def test_sft_on_two_gloo_processes_matches_one_process(tiny_model_dir, tmp_path)
     assert float(logs[1][-1]["total"]) < float(logs[1][0]["total"])  # the steps did train
 
 
+def test_fsdp_sft_on_two_gloo_processes_matches_one_process_and_resumes_in_one(tiny_model_dir, tmp_path):
+    """``accelerate launch`` with FSDP2 shards a full fine-tune (tied embeddings, a sharded KL reference) across 2 CPU
+    processes: every step's losses equal one process's; the gathered checkpoint resumes in one process exactly where
+    an uninterrupted run goes, and the best held-out model is the same."""
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+
+    write_triples(tmp_path / "train.jsonl", keyword_triples(1, 32))
+    write_triples(tmp_path / "heldout.jsonl", keyword_triples(2, 8))
+
+    def sft(name: str, steps: int, launcher: list[str]) -> list[dict]:
+        config = {"model": str(tiny_model_dir), "output_dir": str(tmp_path / name), "train_file": str(tmp_path / "train.jsonl"),
+                  "eval_file": str(tmp_path / "heldout.jsonl"), "eval_every": 2, "save_every": 2, "batch_size": 8,
+                  "max_steps": steps, "learning_rate": 1e-2, "temperature": 0.1, "max_length": 160,
+                  "mixed_precision": "no", "weights": {"sft": 1.0, "kl": 0.1, "infonce": 1.0, "triplet": 1.0}}
+        (tmp_path / f"{name}-{steps}.yaml").write_text(yaml.safe_dump(config))
+        proc = subprocess.run([*launcher, "-m", "trainer.cli", "sft", "--config", str(tmp_path / f"{name}-{steps}.yaml")],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return list(csv.DictReader(open(tmp_path / name / "loss_log.csv")))
+
+    fsdp = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2"]
+    one = sft("one", 6, [sys.executable])
+    sharded = sft("sharded", 4, fsdp)
+    resumed = sft("sharded", 6, [sys.executable])  # the FSDP run's checkpoint (step 4), continued by one process
+    assert len(sharded) == 4 and len(resumed) == 6
+    for expected, got in zip(one, resumed):  # steps 1-4 sharded, 5-6 resumed
+        for term in ("total", "sft", "kl", "infonce", "triplet"):
+            assert float(got[term]) == pytest.approx(float(expected[term]), rel=1e-4, abs=1e-5), (got["step"], term)
+    assert float(one[-1]["total"]) < float(one[0]["total"])
+    ours, theirs = (load_file(tmp_path / name / "final" / "model.safetensors") for name in ("sharded", "one"))
+    assert ours.keys() == theirs.keys() and "lm_head.weight" not in ours  # the tied weight saved once
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-4) for k in ours)
+
+
+@pytest.mark.parametrize(("env", "config", "stage", "message"), [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, {}, "sft", "DeepSpeed is not supported"),
+    ({"FSDP_VERSION": "1"}, {}, "sft", "FSDP version 1 is not supported"),
+    ({}, {"lora": True, "train_layers": 1}, "sft", "train_layers is not supported with FSDP"),
+    ({}, {"steps": 1}, "rl", "FSDP is supported for sft only"),
+])
+def test_launches_the_trainer_cannot_honour_stop_with_one_line(monkeypatch, capsys, tmp_path, env, config, stage, message):
+    from trainer.cli import main
+
+    for key, value in {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "WORLD_SIZE": "2", **env}.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "c.yaml").write_text(json.dumps({"model": "unused", "output_dir": str(tmp_path / "out"),
+                                                 "train_file": str(tmp_path / "none.jsonl"), **config}))
+    assert main([stage, "--config", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 def test_rl_on_two_gloo_processes_shares_the_environment_and_keeps_replicas_in_sync(tiny_model_dir, data_dir, tmp_path):
     """The index built by 2 processes (each encoding half the corpus) equals 1 process's; after GRPO steps on each
     process's share of the batch both processes hold the same index and the same weights."""

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from searchr3_eval.atomic import atomic_write
+from searchr3_eval.atomic import atomic_write, atomic_write_folder
+from searchr3_eval.distributed import is_main
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import plan_batches
 from searchr3_eval.models.adapter import is_adapter, load_adapter, read_manifest, save_adapter
@@ -20,6 +21,7 @@ from searchr3_eval.models.llm import (
 from searchr3_eval.models.searchr3 import (
     EMBED_TOKEN, SearchR3Encoder, add_embed_token, embed_token_id, resolve_prompts, stop_token_ids, trained_preset,
 )
+from trainer import sharding
 from trainer.config import RunConfig
 
 
@@ -81,7 +83,7 @@ class Policy:
                 model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=linear,
                                                          layers_to_transform=top))
         self.bf16_autocast = resolve_mixed_precision(mixed_precision, device)
-        self.lora = lora
+        self.lora, self.sharded = lora, False
         self.frozen_layers = self._freeze_below_top(model, train_layers) if train_layers else 0
         self.trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
         self.lower_cache = LowerLayerCache(self._causal_lm(model), tokenizer.pad_token_id, self.frozen_layers,
@@ -116,6 +118,14 @@ class Policy:
             decoder.layers[frozen:].requires_grad_(True)
             decoder.norm.requires_grad_(True)
         return frozen
+
+    def shard(self, plugin) -> None:
+        """Shard the model (and a full fine-tune's frozen reference) across the processes with FSDP2
+        (``trainer.sharding``); create the optimiser after this."""
+        sharding.shard(self.model, plugin)
+        if self.reference is not None:
+            sharding.shard(self.reference, plugin)
+        self.sharded = True
 
     @staticmethod
     def _causal_lm(model):
@@ -162,10 +172,12 @@ class Policy:
                        batch_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embeddings [B, H] (in input order) and the log-probabilities [N, V] and targets [N] of each sequence's last
         ``answers[i]`` tokens. Sequences run longest first in chunks of at most ``batch_tokens`` padded tokens, so a
-        short query is never padded to a long document's length (the graph of every chunk is kept for backward)."""
+        short query is never padded to a long document's length (the graph of every chunk is kept for backward).
+        Sharded, they run as one chunk: every process must run each layer as often as the others."""
         rows: dict[int, torch.Tensor] = {}
         logprobs, targets = [], []
-        for chunk in plan_batches([len(s) for s in sequences], len(sequences), batch_tokens):
+        limit = len(sequences) * max(map(len, sequences)) if self.sharded else batch_tokens
+        for chunk in plan_batches([len(s) for s in sequences], len(sequences), limit):
             seqs = [sequences[i] for i in chunk]
             out = self.forward(seqs, model)
             lp, tg = self.span_logprobs(out, self.last_tokens_mask(seqs, [answers[i] for i in chunk]), model)
@@ -230,13 +242,22 @@ class Policy:
     def save(self, folder: Path) -> None:
         """A LoRA policy is saved as a small adapter over its base (``searchr3_eval.models.adapter``), with its prompt
         preset; a fully fine-tuned one as a Hugging Face folder with its tokenizer (which records no preset: evaluate
-        it with ``--prompts`` when it was trained with another than paper)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.lora:
-            save_adapter(self.model, folder, self.base, self.base_vocab_size, self.prompt_preset)
-        else:
-            self.model.save_pretrained(folder)
-            self.tokenizer.save_pretrained(folder)
+        it with ``--prompts`` when it was trained with another than paper). Every process calls it (sharded weights
+        are gathered); process 0 replaces ``folder`` atomically."""
+        state = sharding.full_model_state(self.model)
+        if not is_main():
+            return
+
+        def write(tmp: Path) -> None:
+            if self.lora:
+                save_adapter(self.model, tmp, self.base, self.base_vocab_size, self.prompt_preset, state)
+            else:  # a tied weight once, as save_pretrained keeps it (gathered copies no longer share memory)
+                tied = ({n for n, _ in self.model.named_parameters(remove_duplicate=False)}
+                        - {n for n, _ in self.model.named_parameters()})
+                self.model.save_pretrained(tmp, state_dict={k: v for k, v in state.items() if k not in tied})
+                self.tokenizer.save_pretrained(tmp)
+
+        atomic_write_folder(folder, write)
 
 
 class LowerLayerCache:

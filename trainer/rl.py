@@ -22,6 +22,7 @@ from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.llm import left_pad
 from searchr3_eval.models.searchr3 import analysis_length, direct_phrase, generation_stops
+from trainer import sharding
 from trainer.config import RLConfig
 from trainer.data import Triple, load_triples
 from trainer.environment import RetrievalEnvironment, agreement_with_fresh_index, fresh_copy, rank_agreement
@@ -94,8 +95,10 @@ class GRPOTrainer:
         random.seed(cfg.seed)
         self.triples = triples
         self.policy = Policy.from_config(cfg, max_new_tokens=cfg.max_new_tokens)
+        self.trainable = [p for p in self.policy.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
         if checkpoint:
-            self.policy.model.load_state_dict(checkpoint["model"])
+            sharding.load_training_state(self.policy.model, self.optimizer, checkpoint["model"], checkpoint["optimizer"])
             if self.policy.lower_cache is not None and lower_cache_file is not None and lower_cache_file.exists():
                 self.policy.lower_cache.load(lower_cache_file)
                 self.lower_states_saved = len(self.policy.lower_cache.states)
@@ -113,12 +116,8 @@ class GRPOTrainer:
         # rollout of the audited steps
         self.reward_audits: list[tuple[int, ...]] = (checkpoint or {}).get("reward_audits", [])
         self.full_refresh_seconds: list[float] = (checkpoint or {}).get("full_refresh_seconds", [])
-        self.trainable = [p for p in self.policy.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
-        if checkpoint:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            if "rng" in checkpoint:
-                torch.set_rng_state(checkpoint["rng"])
+        if checkpoint and "rng" in checkpoint:
+            torch.set_rng_state(checkpoint["rng"])
         self.stop_ids = self.policy.stop_ids
 
     @torch.no_grad()
@@ -274,6 +273,7 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
     checkpoint is resumed without re-encoding the corpus. Launched with ``accelerate launch`` or ``torchrun``, each process takes
     an equal share of every batch, the environment's encoding is split across processes (each keeps the whole
     index), gradients are averaged, and process 0 writes logs and models."""
+    sharding.check_launch("rl", cfg.train_layers, sharding.fsdp_plugin())
     distributed.init_from_env()
     rank, size = distributed.rank_and_size()
     main = rank == 0
@@ -302,15 +302,14 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
             trainer.keep_lower_cache()
         if main:
             log.append({"step": step + 1, **steps[-1]})
-            if saving:
-                save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint",
-                                {"environment": trainer.env.state(), "rng": torch.get_rng_state(), "steps": steps,
-                                 "reward_audits": trainer.reward_audits,
-                                 "full_refresh_seconds": trainer.full_refresh_seconds})
+        if saving:
+            save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint",
+                            {"environment": trainer.env.state(), "rng": torch.get_rng_state(), "steps": steps,
+                             "reward_audits": trainer.reward_audits, "full_refresh_seconds": trainer.full_refresh_seconds})
     audited = cfg.audit_queries or trainer.reward_audits
     audit = trainer.audit_index(steps, cfg.audit_queries) if audited else None  # every process encodes
+    trainer.policy.save(out / "final")
     if main:
-        trainer.policy.save(out / "final")
         plot_log(log, out / "rl_plot.png")
         if audit:
             atomic_write_json(out / "index_audit.json", audit)

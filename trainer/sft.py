@@ -14,6 +14,7 @@ from searchr3_eval.atomic import atomic_write_folder, atomic_write_json
 from searchr3_eval.data import load_beir_folder
 from searchr3_eval.distributed import gather_rows
 from searchr3_eval.errors import UserError
+from trainer import sharding
 from trainer.config import SFTConfig
 from trainer.data import Triple, load_triples, mine_bm25_triples
 from trainer.logging_utils import CSVLog, plot_log
@@ -51,10 +52,11 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
         sequences, answers = sequences + r_seq, [0] * len(answers) + r_answer
     embeddings, logprobs, targets = policy.answer_forward(sequences, answers, batch_tokens=cfg.batch_tokens)
     kl = torch.zeros((), device=embeddings.device)
-    if cfg.weights.kl > 0 and len(targets):  # the reference forward costs as much as the policy's; skip it when off
+    if cfg.weights.kl > 0:  # the reference forward costs as much as the policy's; skip it when off
         with torch.no_grad(), policy.reference_model() as reference:
             _, ref_logprobs, _ = policy.answer_forward(sequences, answers, reference, cfg.batch_tokens)
-        kl = token_kl(logprobs, ref_logprobs)
+        if len(targets):
+            kl = token_kl(logprobs, ref_logprobs)
     size, n_docs = len(batch), len(docs)
     queries, positives, negatives = embeddings[:size], embeddings[size : 2 * size], embeddings[2 * size : size + n_docs]
     views = [queries]  # each query's direct embedding, and with reasoning its reasoning one where it has an analysis
@@ -99,9 +101,12 @@ def batch_at(triples: list[Triple], index: int, batch_size: int, seed: int) -> l
 
 
 def save_checkpoint(policy: Policy, optimizer, step: int, folder: Path, extra: dict | None = None) -> None:
-    """Model, optimiser and step (and a stage's ``extra`` state), replacing ``folder`` atomically."""
-    state = {"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, **(extra or {})}
-    atomic_write_folder(folder, lambda tmp: torch.save(state, tmp / "state.pt"))
+    """Model, optimiser and step (and a stage's ``extra`` state) as whole tensors. Every process calls it (sharded
+    state is gathered); process 0 replaces ``folder`` atomically."""
+    model_state, optimizer_state = sharding.full_training_state(policy.model, optimizer)
+    if distributed.is_main():
+        state = {"model": model_state, "optimizer": optimizer_state, "step": step, **(extra or {})}
+        atomic_write_folder(folder, lambda tmp: torch.save(state, tmp / "state.pt"))
 
 
 def load_checkpoint(folder: Path) -> dict | None:
@@ -116,7 +121,9 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
 
     Launched with ``accelerate launch`` or ``torchrun``, each process takes an equal share of every global batch
     (``batch_size``), InfoNCE runs over the whole batch, gradients are averaged across processes, and process 0
-    writes logs, checkpoints and models."""
+    writes logs, checkpoints and models. With an accelerate FSDP config the model is sharded (``trainer.sharding``)."""
+    plugin = sharding.fsdp_plugin()
+    sharding.check_launch("sft", cfg.train_layers, plugin)
     distributed.init_from_env()
     rank, size = distributed.rank_and_size()
     main = rank == 0
@@ -124,19 +131,23 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     triples = training_triples(cfg)
     policy = Policy.from_config(cfg)
+    if plugin is not None:
+        policy.shard(plugin)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size) / cfg.grad_accum)
     checkpoint = out / "checkpoint"
     step = 0
     if (state := load_checkpoint(checkpoint)) is not None:
-        policy.model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        sharding.load_training_state(policy.model, optimizer, state["model"], state["optimizer"])
         step = state["step"]
-    heldout = load_triples(cfg.eval_file) if cfg.eval_file and main else None
-    evals = CSVLog(out / "heldout_log.csv", ["step", "heldout_infonce"]) if heldout else None
-    if evals is not None and not evals.rows():
-        evals.append({"step": 0, "heldout_infonce": heldout_infonce(policy, heldout, cfg.temperature)})
+    # every process evaluates (the same pairs, so a sharded model runs the same layers on each); process 0 logs
+    heldout = load_triples(cfg.eval_file) if cfg.eval_file else None
+    evals = CSVLog(out / "heldout_log.csv", ["step", "heldout_infonce"]) if heldout and main else None
+    if heldout and not distributed.broadcast_from_main(evals is not None and bool(evals.rows())):
+        at_start = heldout_infonce(policy, heldout, cfg.temperature)
+        if evals is not None:
+            evals.append({"step": 0, "heldout_infonce": at_start})
     log = CSVLog(out / "loss_log.csv", COLUMNS) if main else None
     if log is not None:
         log.keep_steps_up_to(step)  # steps logged after the checkpoint run again
@@ -152,24 +163,25 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
             tokens += n_tokens
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
-        distributed.average_gradients(trainable)
+        if not policy.sharded:  # FSDP has reduced them already
+            distributed.average_gradients(trainable)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sums = distributed.mean_across_ranks({**sums, "tokens": tokens})
         tokens_per_second = sums.pop("tokens") * size / (time.perf_counter() - start)
         if main:
             log.append({"step": step + 1, **sums, "tokens_per_second": tokens_per_second})
-            if evals is not None and ((step + 1) % (cfg.eval_every or total_steps) == 0 or step + 1 == total_steps):
-                _evaluate_and_keep_best(policy, heldout, cfg, step + 1, evals, out / "final")
-            if cfg.save_every and (step + 1) % cfg.save_every == 0:
-                save_checkpoint(policy, optimizer, step + 1, checkpoint)
+        if heldout and ((step + 1) % (cfg.eval_every or total_steps) == 0 or step + 1 == total_steps):
+            _evaluate_and_keep_best(policy, heldout, cfg, step + 1, evals, out / "final")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save_checkpoint(policy, optimizer, step + 1, checkpoint)
         distributed.barrier()
     summary = {"steps": total_steps, "model": str(out / "final"), "log": str(out / "loss_log.csv")}
+    save_checkpoint(policy, optimizer, total_steps, checkpoint)
+    if not heldout:
+        policy.save(out / "final")
     if not main:
         return summary
-    save_checkpoint(policy, optimizer, total_steps, checkpoint)
-    if evals is None:
-        policy.save(out / "final")
     plot_log(log, out / "loss_plot.png")
     if evals is not None:
         rows = [(int(r["step"]), float(r["heldout_infonce"])) for r in evals.rows()]
@@ -179,12 +191,16 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     return summary
 
 
-def _evaluate_and_keep_best(policy: Policy, heldout: list[Triple], cfg: SFTConfig, step: int, evals: CSVLog,
+def _evaluate_and_keep_best(policy: Policy, heldout: list[Triple], cfg: SFTConfig, step: int, evals: CSVLog | None,
                             final: Path) -> None:
-    """Log the held-out InfoNCE at ``step``; save the model to ``final`` when it is the lowest after step 0."""
-    earlier = [float(r["heldout_infonce"]) for r in evals.rows() if int(r["step"]) not in (0, step)]
+    """The held-out InfoNCE at ``step``, logged by process 0 (``evals``); the model is saved to ``final`` when it is
+    the lowest after step 0. Every process calls it."""
     value = heldout_infonce(policy, heldout, cfg.temperature)
-    if not any(int(r["step"]) == step for r in evals.rows()):
-        evals.append({"step": step, "heldout_infonce": value})
-    if not earlier or value < min(earlier) or not final.exists():
-        atomic_write_folder(final, policy.save)
+    best = None
+    if evals is not None:
+        earlier = [float(r["heldout_infonce"]) for r in evals.rows() if int(r["step"]) not in (0, step)]
+        if not any(int(r["step"]) == step for r in evals.rows()):
+            evals.append({"step": step, "heldout_infonce": value})
+        best = not earlier or value < min(earlier) or not final.exists()
+    if distributed.broadcast_from_main(best):
+        policy.save(final)
