@@ -565,6 +565,8 @@ def test_fsdp_sft_on_two_gloo_processes_matches_one_process_and_resumes_in_one(t
 @pytest.mark.parametrize(("env", "config", "stage", "message"), [
     ({"ACCELERATE_USE_DEEPSPEED": "true"}, {}, "sft", "DeepSpeed is not supported"),
     ({"FSDP_VERSION": "1"}, {}, "sft", "FSDP version 1 is not supported"),
+    pytest.param({"FSDP_OFFLOAD_PARAMS": "true"}, {}, "sft", "fsdp_offload_params moves weights from a GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="offloading from a GPU is allowed")),
     ({}, {"lora": True, "train_layers": 1}, "sft", "train_layers is not supported with FSDP"),
     ({}, {"steps": 1}, "rl", "FSDP is supported for sft only"),
 ])

@@ -41,6 +41,10 @@ def check_launch(stage: str, train_layers: int | None, plugin) -> None:
         raise UserError("train_layers is not supported with FSDP: each process caches the frozen layers' outputs of its "
                         "own sequences, which sharded layers cannot compute alone; remove train_layers or launch "
                         "without FSDP")
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    if isinstance(plugin.cpu_offload, CPUOffloadPolicy) and not torch.cuda.is_available():
+        raise UserError("fsdp_offload_params moves weights from a GPU to the CPU: there is no GPU here, set it to false")
     if plugin.activation_checkpointing:
         raise UserError("FSDP activation checkpointing is not supported: set fsdp_activation_checkpointing: false")
 
@@ -58,7 +62,9 @@ def shard(model: torch.nn.Module, plugin) -> None:
     if not tied:
         fully_shard(embed, **settings)
     tail = [causal_lm.base_model.norm, *([embed] if tied else []), *([head] if head is not None else [])]
-    fully_shard(tail, **{**settings, "reshard_after_forward": False})  # used again at the forward's end and backward
+    # a trained model's tail runs again at the forward's end and first in backward: kept gathered (as accelerate does)
+    trains = any(p.requires_grad for p in model.parameters())
+    fully_shard(tail, **{**settings, "reshard_after_forward": plugin.reshard_after_forward and not trains})
     fully_shard(model, offload_policy=plugin.cpu_offload)  # the root: torch's own choice of resharding
     with torch.no_grad():  # FSDP picks its root at the first forward: the whole model's, before any direct call
         model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=causal_lm.device))
