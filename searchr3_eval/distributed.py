@@ -106,12 +106,14 @@ def all_gather_list(values: list) -> list:
 
 
 def map_sharded(encode: Callable[[list], torch.Tensor], items: list) -> torch.Tensor:
-    """``encode`` over every world-size-th item on each rank; every rank gets all rows, in ``items``' order."""
+    """``encode`` over every world-size-th item on each rank; every rank gets all rows, in ``items``' order. Every
+    rank calls ``encode``, with an empty list where it has no items (a sharded model runs its layers on every rank)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return encode(items)
     rank, size = rank_and_size()
     mine = items[rank::size]
-    parts = all_gather_list([encode(mine).float().cpu() if mine else None])
+    encoded = encode(mine)
+    parts = all_gather_list([encoded.float().cpu() if mine else None])
     width = next(p.shape[1] for p in parts if p is not None)
     out = torch.empty(len(items), width)
     for r, part in enumerate(parts):

@@ -1,5 +1,8 @@
-"""Run under ``torchrun`` by tests/test_trainer.py: build the GRPO trainer over MiniGSM, take two steps on this
-process's share of fixed batches, and save the index (before and after) and the trained weights per rank."""
+"""Run under ``torchrun`` or ``accelerate launch`` by tests/test_trainer.py: build the GRPO trainer over MiniGSM, take
+two steps on this process's share of fixed batches, and save the index (before and after), the steps' statistics and
+the trained weights (whole tensors) per rank. A fourth argument names the run; ``all-layers`` trains LoRA on every
+layer (FSDP cannot cache frozen lower layers), otherwise only the top layer is trained."""
+import json
 import sys
 from pathlib import Path
 
@@ -11,16 +14,24 @@ from trainer.config import RLConfig
 from trainer.rl import GRPOTrainer, beir_training_set
 
 model_dir, data_dir, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+name = sys.argv[4] if len(sys.argv) > 4 else ""
 distributed.init_from_env()
 rank, size = distributed.rank_and_size()
 triples, corpus = beir_training_set(data_dir / "MiniGSM", "test")
 cfg = RLConfig(model=model_dir, output_dir=str(out), group_size=2, max_new_tokens=6, batch_size=4, max_length=200,
-               lora=True, train_layers=1, refresh_every=8, top_k=3, learning_rate=1e-2, mixed_precision="no")
+               lora=True, train_layers=None if "all-layers" in name else 1, refresh_every=8, top_k=3, learning_rate=1e-2,
+               mixed_precision="no", batch_tokens=512 if "all-layers" in name else 4096)  # ranks run unequal chunks
 trainer = GRPOTrainer(cfg, triples, corpus)
-np.save(out / f"index-start-{size}-{rank}.npy", trainer.env.embeddings)
+np.save(out / f"index-start{name}-{size}-{rank}.npy", trainer.env.embeddings)
+steps = []
 for step in range(2):
     rows = distributed.shard_of(list(range(step * 4, step * 4 + 4)), rank, size)
-    trainer.step([triples[i] for i in rows], [corpus.positive_ids[i] for i in rows])
-np.save(out / f"index-end-{size}-{rank}.npy", trainer.env.embeddings)
-torch.save([p.detach() for p in trainer.trainable], out / f"weights-{size}-{rank}.pt")
+    steps.append(distributed.mean_across_ranks(trainer.step([triples[i] for i in rows], [corpus.positive_ids[i] for i in rows])))
+np.save(out / f"index-end{name}-{size}-{rank}.npy", trainer.env.embeddings)
+one = distributed.map_sharded(lambda share: trainer.policy.embed(share, "document"), corpus.doc_texts[:1])  # one idle rank
+np.save(out / f"one-document{name}-{size}-{rank}.npy", one.numpy())
+(out / f"steps{name}-{size}-{rank}.json").write_text(json.dumps(steps))
+whole = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()  # a DTensor's gathered shards
+         for n, p in trainer.policy.model.named_parameters() if p.requires_grad}
+torch.save(whole, out / f"weights{name}-{size}-{rank}.pt")
 distributed.shutdown()

@@ -568,7 +568,7 @@ def test_fsdp_sft_on_two_gloo_processes_matches_one_process_and_resumes_in_one(t
     pytest.param({"FSDP_OFFLOAD_PARAMS": "true"}, {}, "sft", "fsdp_offload_params moves weights from a GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="offloading from a GPU is allowed")),
     ({}, {"lora": True, "train_layers": 1}, "sft", "train_layers is not supported with FSDP"),
-    ({}, {"steps": 1}, "rl", "FSDP is supported for sft only"),
+    ({}, {"lora": True, "train_layers": 1, "steps": 1}, "rl", "train_layers is not supported with FSDP"),
 ])
 def test_launches_the_trainer_cannot_honour_stop_with_one_line(monkeypatch, capsys, tmp_path, env, config, stage, message):
     from trainer.cli import main
@@ -597,8 +597,35 @@ def test_rl_on_two_gloo_processes_shares_the_environment_and_keeps_replicas_in_s
     assert start[0].shape == (40, 32) and np.allclose(start[0], start[1], atol=1e-5) and np.array_equal(start[1], start[2])
     assert np.array_equal(np.load(tmp_path / "index-end-2-0.npy"), np.load(tmp_path / "index-end-2-1.npy"))
     ranks = [torch.load(tmp_path / f"weights-2-{r}.pt") for r in (0, 1)]
-    assert all(torch.equal(a, b) for a, b in zip(*ranks))
+    assert ranks[0].keys() == ranks[1].keys() and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     assert not np.array_equal(np.load(tmp_path / "index-end-2-0.npy"), start[1])  # the steps changed the policy
+
+
+def test_fsdp_rl_on_two_gloo_processes_matches_the_unsharded_run(tiny_model_dir, data_dir, tmp_path):
+    """GRPO with the model sharded by FSDP2 (rollouts generated in step across processes, the environment's encoding
+    split with equal forward counts, a process with nothing to encode included) takes the same steps as 2 unsharded
+    processes: the same rewards and losses, the same index and the same weights."""
+    import json
+    import subprocess
+    import sys
+
+    worker = str(Path(__file__).with_name("rl_worker.py"))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
+    for name, flags in (("-all-layers", ["--multi_gpu"]), ("-all-layers-fsdp", ["--use_fsdp", "--fsdp_version", "2"])):
+        proc = subprocess.run([*launch, *flags, worker, str(tiny_model_dir), str(data_dir), str(tmp_path), name],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    load = lambda kind, name, ext: (np.load if ext == "npy" else torch.load)(tmp_path / f"{kind}{name}-2-0.{ext}")  # noqa: E731
+    for kind in ("index-start", "index-end", "one-document"):
+        assert np.allclose(load(kind, "-all-layers", "npy"), load(kind, "-all-layers-fsdp", "npy"), atol=1e-5), kind
+    plain, sharded = (json.loads((tmp_path / f"steps{name}-2-0.json").read_text()) for name in ("-all-layers", "-all-layers-fsdp"))
+    for a, b in zip(plain, sharded):
+        for key in ("mean_reward", "loss", "kl", "refreshed_docs"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    weights = [load("weights", name, "pt") for name in ("-all-layers", "-all-layers-fsdp")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
+    assert not np.allclose(load("index-end", "-all-layers-fsdp", "npy"), load("index-start", "-all-layers-fsdp", "npy"))
 
 
 def test_lora_continued_from_an_adapter_keeps_that_adapter_as_its_kl_reference(tiny_model_dir, tmp_path):

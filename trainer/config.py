@@ -37,6 +37,7 @@ class RunConfig:
     attn_implementation: str = "auto"  # auto: eager (faster on CPU; sdpa's CUDA gradients are NaN at left padding)
     device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
     prompts: str | None = None  # prompt preset (searchr3_eval PROMPT_PRESETS); default: the starting adapter's, else paper
+    batch_tokens: int = 4096  # padded tokens per forward chunk (SFT batches, the RL environment's encoding): longest first
 
 
 @dataclass(kw_only=True)
@@ -48,7 +49,6 @@ class SFTConfig(RunConfig):
     num_negatives: int = 1
     max_query_length: int | None = None  # per-role caps (tokens of the whole sequence); default max_length
     max_document_length: int | None = None
-    batch_tokens: int = 4096  # padded tokens per forward chunk (a batch runs longest first in such chunks)
     weights: LossWeights = field(default_factory=LossWeights)
     temperature: float = 0.05
     margin: float = 0.2

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from searchr3_eval.atomic import atomic_write, atomic_write_folder
-from searchr3_eval.distributed import is_main
+from searchr3_eval import distributed
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import plan_batches
 from searchr3_eval.models.adapter import is_adapter, load_adapter, read_manifest, save_adapter
@@ -188,11 +188,21 @@ class Policy:
 
     @torch.no_grad()
     def embed(self, texts: list[str], kind: str, max_length: int | None = None, batch_tokens: int = 4096) -> torch.Tensor:
-        """Direct-mode embeddings [N, H] through the training forward (autocast, lower-layer cache), longest first in
-        chunks of ``batch_tokens`` padded tokens."""
+        """Direct-mode embeddings [N, H] (float32) through the training forward (autocast, lower-layer cache), longest
+        first in chunks of ``batch_tokens`` padded tokens. Sharded, every process runs as many chunks as the process
+        with the most (an empty one runs a single padding token): each must run every layer equally often."""
         self.model.eval()
-        sequences, answers = self.direct_sequences(texts, kind, max_length)
-        return self.answer_forward(sequences, answers, batch_tokens=batch_tokens)[0].float()
+        sequences = self.direct_sequences(texts, kind, max_length)[0]
+        chunks = plan_batches([len(s) for s in sequences], len(sequences), batch_tokens)
+        if self.sharded:
+            chunks += [[]] * (max(distributed.all_gather_list([len(chunks)])) - len(chunks))
+        rows: dict[int, torch.Tensor] = {}
+        for chunk in chunks:
+            out = self.forward([sequences[i] for i in chunk] or [[self.tokenizer.pad_token_id]])
+            rows.update(zip(chunk, out.embeddings))
+        if not sequences:
+            return torch.zeros(0, self.model.config.hidden_size, device=self.model.device)
+        return torch.stack([rows[i] for i in range(len(sequences))])
 
     def span_logprobs(self, out: Forward, span: torch.Tensor, model=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities [N, V] and targets [N] of the tokens where ``span`` ([B, T] bool) is true."""
@@ -245,7 +255,7 @@ class Policy:
         it with ``--prompts`` when it was trained with another than paper). Every process calls it (sharded weights
         are gathered); process 0 replaces ``folder`` atomically."""
         state = sharding.full_model_state(self.model)
-        if not is_main():
+        if not distributed.is_main():
             return
 
         def write(tmp: Path) -> None:

@@ -95,6 +95,8 @@ class GRPOTrainer:
         random.seed(cfg.seed)
         self.triples = triples
         self.policy = Policy.from_config(cfg, max_new_tokens=cfg.max_new_tokens)
+        if (plugin := sharding.fsdp_plugin()) is not None:
+            self.policy.shard(plugin)
         self.trainable = [p for p in self.policy.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
         if checkpoint:
@@ -109,7 +111,7 @@ class GRPOTrainer:
         # documents go through the training forward: with train_layers their frozen lower layers are computed once,
         # so a refresh re-runs only the trained top layers; across processes each encodes a share, all get the index
         self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts, lambda texts: distributed.map_sharded(
-            lambda share: self.policy.embed(share, "document", cfg.max_document_length), texts),
+            lambda share: self.policy.embed(share, "document", cfg.max_document_length, cfg.batch_tokens), texts),
             top_k=cfg.top_k, refresh_every=cfg.refresh_every, rank_band=cfg.rank_band, drift_band=cfg.drift_band,
             state=(checkpoint or {}).get("environment"))
         # (rank rewarded, rank in a freshly encoded index[, its best and worst rank within audit_noise]) of every
@@ -134,7 +136,8 @@ class GRPOTrainer:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens,
                                  do_sample=True, temperature=self.cfg.temperature, top_k=0, top_p=1.0,
-                                 pad_token_id=pad, **generation_stops(tokenizer, self.stop_ids, phrase))
+                                 pad_token_id=pad, synced_gpus=self.policy.sharded,  # sharded: all generate as long
+                                 **generation_stops(tokenizer, self.stop_ids, phrase))
         actions, emitted, sequences = [], [], []
         for prompt, row in zip(prompts, out[:, ids.shape[1] :].tolist()):
             n, ended = analysis_length(tokenizer, row, self.stop_ids, self.policy.embed_id, phrase)
@@ -218,7 +221,8 @@ class GRPOTrainer:
             loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
             require_finite(loss, "rl update")
             loss.backward()
-            distributed.average_gradients(self.trainable)
+            if not self.policy.sharded:  # FSDP has reduced them already
+                distributed.average_gradients(self.trainable)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return {"loss": float(loss.item()), "kl": float(((kl * mask).sum() / mask.sum().clamp(min=1)).item())}
@@ -248,7 +252,8 @@ class GRPOTrainer:
         full_refreshes = list(self.full_refresh_seconds)
         if queries:
             picked = np.random.default_rng(seed).choice(len(self.triples), min(queries, len(self.triples)), replace=False)
-            embeddings = self.policy.embed([self.triples[i].query for i in picked], "query").float().cpu().numpy()
+            embeddings = self.policy.embed([self.triples[i].query for i in picked], "query",
+                                           batch_tokens=self.cfg.batch_tokens).cpu().numpy()
             agreement = agreement_with_fresh_index(self.env, embeddings, [self.positive_ids[i] for i in picked],
                                                    self.cfg.audit_noise)
             full_refreshes.append(agreement.pop("full_refresh_seconds"))
@@ -273,7 +278,7 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
     checkpoint is resumed without re-encoding the corpus. Launched with ``accelerate launch`` or ``torchrun``, each process takes
     an equal share of every batch, the environment's encoding is split across processes (each keeps the whole
     index), gradients are averaged, and process 0 writes logs and models."""
-    sharding.check_launch("rl", cfg.train_layers, sharding.fsdp_plugin())
+    sharding.check_launch(cfg.train_layers, sharding.fsdp_plugin())
     distributed.init_from_env()
     rank, size = distributed.rank_and_size()
     main = rank == 0

@@ -123,7 +123,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     (``batch_size``), InfoNCE runs over the whole batch, gradients are averaged across processes, and process 0
     writes logs, checkpoints and models. With an accelerate FSDP config the model is sharded (``trainer.sharding``)."""
     plugin = sharding.fsdp_plugin()
-    sharding.check_launch("sft", cfg.train_layers, plugin)
+    sharding.check_launch(cfg.train_layers, plugin)
     distributed.init_from_env()
     rank, size = distributed.rank_and_size()
     main = rank == 0

@@ -1,10 +1,11 @@
-"""FSDP2 for SFT, switched on by ``accelerate launch`` with an FSDP config (``distributed_type: FSDP`` and
+"""FSDP2 for the trainer (SFT and GRPO), switched on by ``accelerate launch`` with an FSDP config (``distributed_type: FSDP`` and
 ``fsdp_version: 2``, or ``--use_fsdp --fsdp_version 2``): every process holds a shard of each parameter, gradient and
 optimiser state. The layout is accelerate's (``fsdp2_prepare_model``): each decoder layer is a unit, the input embeddings
 another, the final norm and output embeddings (with tied input embeddings) a tail unit, then the root; so the
 trainer's forwards, which call the decoder and the output head directly, gather each unit's weights as they run.
-Settings honoured from the config: ``reshard_after_forward`` and ``offload_params``. Checkpoints and saved models hold
-full (unsharded) tensors, so a run can be resumed or evaluated with any number of processes."""
+Settings honoured from the config: ``reshard_after_forward`` and ``offload_params``. Every process must run each unit
+equally often (the trainer's ``Policy`` sees to it). Checkpoints and saved models hold full (unsharded) tensors, so a
+run can be resumed or evaluated with any number of processes."""
 from __future__ import annotations
 
 import os
@@ -25,15 +26,12 @@ def fsdp_plugin():
     return FullyShardedDataParallelPlugin()
 
 
-def check_launch(stage: str, train_layers: int | None, plugin) -> None:
+def check_launch(train_layers: int | None, plugin) -> None:
     """One clear line for a launch this trainer cannot honour, before any model is loaded."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         raise UserError("DeepSpeed is not supported: launch with an FSDP config (fsdp_version: 2) or a multi-GPU one")
     if plugin is None:
         return
-    if stage != "sft":
-        raise UserError(f"FSDP is supported for sft only: the {stage} stage generates rollouts of different lengths on "
-                        "each process; launch it with a multi-GPU (DDP) config")
     if plugin.fsdp_version != 2:
         raise UserError(f"FSDP version {plugin.fsdp_version} is not supported: set fsdp_version: 2 in the accelerate "
                         "config (the trainer calls the decoder's layers directly, which FSDP1's flat parameters forbid)")
