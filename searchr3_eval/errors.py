@@ -2,4 +2,8 @@
 
 
 class UserError(Exception):
-    """Bad input (unknown task, missing or malformed file, unusable model)."""
+    """Bad input (unknown task, missing or malformed file, unusable model). Its message is one line, even where it
+    quotes a library's message that spans several."""
+
+    def __str__(self) -> str:
+        return " ".join(super().__str__().split())

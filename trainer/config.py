@@ -176,7 +176,9 @@ def load_config(path: Path, cls: type[T]) -> T:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"malformed YAML in {path}: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path} line {mark.line + 1}" if mark is not None else str(path)
+        raise UserError(f"malformed YAML in {where}: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(data, dict):
         raise UserError(f"{path}: the config must be a mapping")
     try:
