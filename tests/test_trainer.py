@@ -525,7 +525,7 @@ def test_sft_on_two_gloo_processes_matches_one_process(tiny_model_dir, tmp_path)
 
 
 def test_fsdp_sft_on_two_gloo_processes_matches_one_process_and_resumes_in_one(tiny_model_dir, tmp_path):
-    """``accelerate launch`` with FSDP2 shards a full fine-tune (tied embeddings, a sharded KL reference) across 2 CPU
+    """``accelerate launch`` with the shipped FSDP2 config shards a full fine-tune (tied embeddings, a sharded KL reference) across 2 CPU
     processes: every step's losses equal one process's; the gathered checkpoint resumes in one process exactly where
     an uninterrupted run goes, and the best held-out model is the same."""
     import subprocess
@@ -548,7 +548,8 @@ def test_fsdp_sft_on_two_gloo_processes_matches_one_process_and_resumes_in_one(t
         assert proc.returncode == 0, proc.stderr[-3000:]
         return list(csv.DictReader(open(tmp_path / name / "loss_log.csv")))
 
-    fsdp = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2"]
+    shipped = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "accelerate_fsdp.yaml"
+    fsdp = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(shipped), "--num_processes", "2"]
     one = sft("one", 6, [sys.executable])
     sharded = sft("sharded", 4, fsdp)
     resumed = sft("sharded", 6, [sys.executable])  # the FSDP run's checkpoint (step 4), continued by one process
