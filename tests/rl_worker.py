@@ -2,6 +2,7 @@
 two steps on this process's share of fixed batches, and save the index (before and after), the steps' statistics and
 the trained weights (whole tensors) per rank. A fourth argument names the run; ``all-layers`` trains LoRA on every
 layer (FSDP cannot cache frozen lower layers), otherwise only the top layer is trained."""
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -30,6 +31,10 @@ for step in range(2):
 np.save(out / f"index-end{name}-{size}-{rank}.npy", trainer.env.embeddings)
 one = distributed.map_sharded(lambda share: trainer.policy.embed(share, "document"), corpus.doc_texts[:1])  # one idle rank
 np.save(out / f"one-document{name}-{size}-{rank}.npy", one.numpy())
+if "fsdp" in name:  # processes whose generations end at different lengths must keep running the layers together
+    trainer.cfg = dataclasses.replace(cfg, max_new_tokens=2 + 4 * rank)
+    generated = [len(a) for a in trainer.rollout([triples[rank].query], 2).actions]
+    (out / f"generated{name}-{size}-{rank}.json").write_text(json.dumps(generated))
 (out / f"steps{name}-{size}-{rank}.json").write_text(json.dumps(steps))
 whole = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()  # a DTensor's gathered shards
          for n, p in trainer.policy.model.named_parameters() if p.requires_grad}

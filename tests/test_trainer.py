@@ -605,7 +605,8 @@ def test_rl_on_two_gloo_processes_shares_the_environment_and_keeps_replicas_in_s
 def test_fsdp_rl_on_two_gloo_processes_matches_the_unsharded_run(tiny_model_dir, data_dir, tmp_path):
     """GRPO with the model sharded by FSDP2 (rollouts generated in step across processes, the environment's encoding
     split with equal forward counts, a process with nothing to encode included) takes the same steps as 2 unsharded
-    processes: the same rewards and losses, the same index and the same weights."""
+    processes: the same rewards and losses, the same index and the same weights. Processes whose generations end at
+    different lengths do not hang."""
     import json
     import subprocess
     import sys
@@ -627,6 +628,8 @@ def test_fsdp_rl_on_two_gloo_processes_matches_the_unsharded_run(tiny_model_dir,
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
     assert not np.allclose(load("index-end", "-all-layers-fsdp", "npy"), load("index-start", "-all-layers-fsdp", "npy"))
+    generated = [json.loads((tmp_path / f"generated-all-layers-fsdp-2-{r}.json").read_text()) for r in (0, 1)]
+    assert max(generated[0]) <= 2 < max(generated[1]) <= 6  # rank 0 finished first and waited in step
 
 
 def test_lora_continued_from_an_adapter_keeps_that_adapter_as_its_kl_reference(tiny_model_dir, tmp_path):
