@@ -15,7 +15,6 @@ import platform
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from searchr3_eval.atomic import atomic_write_json

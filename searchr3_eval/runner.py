@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from searchr3_eval import __version__, distributed
-from searchr3_eval.cache import EmbeddingCache, default_cache_dir
+from searchr3_eval.cache import EmbeddingCache
 from searchr3_eval.data import MissingTaskData, RetrievalTask, TaskSource, load_task_source, locate_task, resolve_task_names
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import drop_identical_ids, evaluate as score_run

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from searchr3_eval.atomic import atomic_write, atomic_write_folder
 from searchr3_eval import distributed
+from searchr3_eval.atomic import atomic_write, atomic_write_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import plan_batches
 from searchr3_eval.models.adapter import is_adapter, load_adapter, read_manifest, save_adapter

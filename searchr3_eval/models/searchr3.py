@@ -17,7 +17,7 @@ import torch
 
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import DenseEncoder, Kind, l2_normalize
-from searchr3_eval.models.llm import last_hidden_states, left_pad, load_causal_lm, position_ids
+from searchr3_eval.models.llm import last_hidden_states, left_pad, load_causal_lm
 
 EMBED_TOKEN = "<|embed_token|>"
 Reasoning = Literal["off", "on", "all"]  # on: queries reason, documents direct; all: both reason
