@@ -96,6 +96,29 @@ def test_sft_lowers_heldout_contrastive_loss_and_resumes(tiny_model_dir, tmp_pat
     assert len((tmp_path / "out" / "loss_log.csv").read_text().splitlines()) == 33
 
 
+def test_sft_resumes_a_checkpoint_written_before_checkpoints_were_gathered(tiny_model_dir, tmp_path):
+    """A checkpoint of ``state_dict()``s (optimiser state by position) resumes with its weights and optimiser state."""
+    write_triples(tmp_path / "train.jsonl", keyword_triples(1, 32))
+    cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
+                    batch_size=8, max_steps=2, learning_rate=1e-2, max_length=160, mixed_precision="no")
+    train_sft(cfg, show_progress=False)
+    policy = Policy(str(tmp_path / "out" / "final"), max_length=160)
+    optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=1e-2)
+    new = torch.load(tmp_path / "out" / "checkpoint" / "state.pt", weights_only=False)
+    policy.model.load_state_dict(new["model"])
+    for p, state in zip(optimizer.param_groups[0]["params"], new["optimizer"]["state"].values()):
+        optimizer.state[p] = state
+    torch.save({"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(), "step": 2},
+               tmp_path / "out" / "checkpoint" / "state.pt")
+    uninterrupted = SFTConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "straight"), "max_steps": 4})
+    train_sft(uninterrupted, show_progress=False)
+    cfg.max_steps = 4
+    train_sft(cfg, show_progress=False)
+    resumed, straight = (list(csv.DictReader(open(tmp_path / d / "loss_log.csv"))) for d in ("out", "straight"))
+    for step in (2, 3):  # step 4's loss follows step 3's update, which used the restored optimiser state
+        assert float(resumed[step]["total"]) == pytest.approx(float(straight[step]["total"]), rel=1e-5)
+
+
 def test_a_diverging_loss_stops_sft_before_it_reaches_the_weights(tiny_model_dir, tmp_path):
     write_triples(tmp_path / "train.jsonl", keyword_triples(1, 32))
     cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),

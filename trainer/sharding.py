@@ -88,8 +88,13 @@ def full_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
 
 def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
                         optimizer_state: dict) -> None:
-    """Load what ``full_training_state`` returned into a model (sharded or not) and its optimiser."""
+    """Load what ``full_training_state`` returned into a model (sharded or not) and its optimiser; also a checkpoint
+    written before checkpoints were gathered, whose optimiser state is ``optimizer.state_dict()``'s (by position)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+    if all(isinstance(i, int) for group in optimizer_state["param_groups"] for i in group["params"]):
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        return
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
                    options=StateDictOptions(full_state_dict=True))
