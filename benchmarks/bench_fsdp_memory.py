@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import torch
+from bench_sft_speed import fixed_batch  # the same batch of real pairs as the SFT speed benchmark
 
 from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.models.llm import cpu_has_native_bf16
 from trainer import sharding
 from trainer.config import LossWeights, SFTConfig
-from trainer.data import Triple
 from trainer.modeling import Policy
 from trainer.sft import sft_losses
 
@@ -45,8 +45,7 @@ def worker(args: argparse.Namespace) -> None:
     plugin = sharding.fsdp_plugin()
     distributed.init_from_env()
     rank, size = distributed.rank_and_size()
-    rows = [json.loads(line) for line in args.pairs.read_text(encoding="utf-8").splitlines()[: args.batch_size]]
-    batch = [Triple(r["query"], r["positive"], [rows[(i + 1) % len(rows)]["positive"]]) for i, r in enumerate(rows)]
+    batch = fixed_batch(args.pairs, args.batch_size)
     torch.manual_seed(0)
     policy = Policy("smollm2", max_length=args.max_length, mixed_precision="no")
     if plugin is not None:
@@ -58,8 +57,7 @@ def worker(args: argparse.Namespace) -> None:
     policy.model.train()
     terms, _ = sft_losses(policy, distributed.shard_of(batch, rank, size), cfg)
     terms["total"].backward()
-    if not policy.sharded:
-        distributed.average_gradients(trainable)
+    policy.average_gradients(trainable)
     optimizer.step()
     seconds = time.perf_counter() - start
     state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]

@@ -127,6 +127,11 @@ class Policy:
             sharding.shard(self.reference, plugin)
         self.sharded = True
 
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """The mean of each gradient across processes (DDP's arithmetic), unless FSDP has reduced them already."""
+        if not self.sharded:
+            distributed.average_gradients(parameters)
+
     @staticmethod
     def _causal_lm(model):
         return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -221,8 +221,7 @@ class GRPOTrainer:
             loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
             require_finite(loss, "rl update")
             loss.backward()
-            if not self.policy.sharded:  # FSDP has reduced them already
-                distributed.average_gradients(self.trainable)
+            self.policy.average_gradients(self.trainable)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return {"loss": float(loss.item()), "kl": float(((kl * mask).sum() / mask.sum().clamp(min=1)).item())}

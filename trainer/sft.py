@@ -163,8 +163,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
             tokens += n_tokens
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
-        if not policy.sharded:  # FSDP has reduced them already
-            distributed.average_gradients(trainable)
+        policy.average_gradients(trainable)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sums = distributed.mean_across_ranks({**sums, "tokens": tokens})
