@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from searchr3_eval.errors import UserError
-from searchr3_eval.memory import return_freed_memory
+from searchr3_eval.memory import configure_command_line
 
 PROG = "searchr3-eval"
 QUIET_ENV = {"TQDM_DISABLE": "1"}
@@ -159,8 +159,9 @@ def command_tasks(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    return_freed_memory()  # long encodes and training steps of varying shapes otherwise fragment the heap
+    if argv is None:  # run from the shell: long encodes and training steps need an allocator that reuses memory
+        configure_command_line()
+        argv = sys.argv[1:]
     # tqdm reads TQDM_DISABLE when first imported, which building the parser already does
     with quiet_libraries() if "--quiet" in argv else nullcontext():
         return run_command(argv)

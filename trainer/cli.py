@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from searchr3_eval.errors import UserError
-from searchr3_eval.memory import return_freed_memory
+from searchr3_eval.memory import configure_command_line
 
 
 def run_stage(stage: str, config: Path) -> int:
@@ -35,11 +35,12 @@ def run_stage(stage: str, config: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run from the shell (also each process of ``accelerate launch``)
+        configure_command_line()
     parser = argparse.ArgumentParser(prog="searchr3-train", description=__doc__)
     parser.add_argument("stage", choices=["data", "sft", "rl"])
     parser.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
-    return_freed_memory()
     try:
         return run_stage(args.stage, args.config)
     except UserError as exc:
