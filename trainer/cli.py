@@ -19,17 +19,21 @@ def run_stage(stage: str, config: Path) -> int:
         summary = prepare_data(data_cfg)
         print(f"data: {summary['train']} training and {summary['heldout']} held-out triples -> {data_cfg.output_dir}")
         return 0
-    if stage == "sft":
-        from trainer.sft import train_sft
+    from searchr3_eval import distributed
 
-        summary = train_sft(load_config(config, SFTConfig))
-    else:
-        from trainer.rl import train_rl
+    try:
+        if stage == "sft":
+            from trainer.sft import train_sft
 
-        summary = train_rl(load_config(config, RLConfig))
-    from searchr3_eval.distributed import is_main
+            summary = train_sft(load_config(config, SFTConfig))
+        else:
+            from trainer.rl import train_rl
 
-    if is_main():
+            summary = train_rl(load_config(config, RLConfig))
+        main = distributed.is_main()
+    finally:  # a process that exits with its process group alive can abort in gloo's threads at exit
+        distributed.shutdown()
+    if main:
         print(f"{stage}: {summary['steps']} steps; model -> {summary['model']}; log -> {summary['log']}")
     return 0
 
