@@ -54,11 +54,11 @@ def sft_worker(args: argparse.Namespace) -> dict:
 
 
 def encode_worker(args: argparse.Namespace) -> dict:
+    from searchr3_eval.data import document_text, load_beir_folder
     from searchr3_eval.models.searchr3 import SearchR3Encoder
 
-    with open(args.corpus, encoding="utf-8") as corpus:
-        rows = [json.loads(line) for _, line in zip(range(args.docs), corpus)]
-    texts = [f"{r.get('title', '')} {r['text']}".strip() for r in rows]
+    corpus = load_beir_folder(Path(args.beir_dir)).corpus
+    texts = [document_text(doc) for _, doc in zip(range(args.docs), corpus.values())]
     encoder = SearchR3Encoder.from_pretrained("smollm2-sft", dtype=args.dtype, show_progress=False)
     start = time.perf_counter()
     vectors = encoder.encode(texts, "document")
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--docs", type=int, default=160)
-    parser.add_argument("--corpus", default="../shared/data/beir/scifact/corpus.jsonl")
+    parser.add_argument("--beir-dir", default="../shared/data/beir/scifact")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", default="results/benchmarks/allocator.json")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -99,7 +99,7 @@ def main() -> None:
     if tcmalloc_library() is None:
         sys.exit("tcmalloc is not installed (Debian/Ubuntu: apt install libtcmalloc-minimal4)")
     argv = [f"--sft-steps={args.sft_steps}", f"--batch-size={args.batch_size}", f"--docs={args.docs}",
-            f"--corpus={args.corpus}", f"--dtype={args.dtype}"]
+            f"--beir-dir={args.beir_dir}", f"--dtype={args.dtype}"]
     rows = {}
     for setting in SETTINGS:
         rows[setting] = {workload: run_setting(setting, workload, argv) for workload in ("sft", "encode")}
