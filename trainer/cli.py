@@ -30,10 +30,10 @@ def run_stage(stage: str, config: Path) -> int:
             from trainer.rl import train_rl
 
             summary = train_rl(load_config(config, RLConfig))
-        main = distributed.is_main()
+        prints = distributed.is_main()
     finally:  # a process that exits with its process group alive can abort in gloo's threads at exit
         distributed.shutdown()
-    if main:
+    if prints:
         print(f"{stage}: {summary['steps']} steps; model -> {summary['model']}; log -> {summary['log']}")
     return 0
 
