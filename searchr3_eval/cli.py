@@ -145,14 +145,15 @@ def command_verify(args: argparse.Namespace) -> int:
 
 
 def command_tasks(args: argparse.Namespace) -> int:
-    from searchr3_eval.data import AGGREGATES, BEIR_TASKS, DEFAULT_TASK
+    from searchr3_eval.data import AGGREGATES, BEIR_TASKS, DEFAULT_TASK, check_data_dir
 
+    check_data_dir(args.data_dir)
     print(f"{DEFAULT_TASK}\t(embedded)")
     for name, (folder, split) in sorted(BEIR_TASKS.items()):
         print(f"{name}\tBEIR {folder} ({split})")
     for name, members in AGGREGATES.items():
         print(f"{name}\tgroup: mean of {len(members)} CQADupStack forums")
-    if args.data_dir and args.data_dir.is_dir():
+    if args.data_dir:
         for folder in sorted(p for p in args.data_dir.iterdir() if (p / "corpus.jsonl").is_file()):
             print(f"{folder.name}\t(local: {folder})")
     return 0

@@ -73,10 +73,17 @@ class TaskSource:
     default_split: str
     fingerprint: str
     size: int  # bytes of the three files
+    origin: str  # what results record as their source: the same on every machine (``task_origin``)
 
 
 class MissingTaskData(UserError):
     """A known task whose files are not here and cannot be downloaded."""
+
+
+def check_data_dir(data_dir: Path | None) -> None:
+    """``--data-dir`` must be an existing folder (every command that takes it says so the same way)."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir} is not a folder")
 
 
 def resolve_task_names(spec: str, data_dir: Path | None = None) -> list[str]:
@@ -120,7 +127,8 @@ def locate_task(name: str, data_dir: Path | None = None, split: str | None = Non
             raise MissingTaskData(
                 f"task {name} is not under --data-dir ({data_dir}) and downloads are off; put the BEIR folder {dataset}/ there"
             )
-        folder = download_beir(dataset, data_dir or Path("data"))
+        data_dir = data_dir or Path("data")
+        folder = download_beir(dataset, data_dir)
     if folder is None:
         raise UserError(f"no data for task {name!r} (looked in {data_dir})")
     paths = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"]
@@ -128,7 +136,19 @@ def locate_task(name: str, data_dir: Path | None = None, split: str | None = Non
         if not path.is_file():
             raise UserError(f"task {name}: missing {path.relative_to(folder)} in {folder}")
     size = sum(path.stat().st_size for path in paths)
-    return TaskSource(name, folder, split, default_split, fingerprint(folder, files=paths), size)
+    return TaskSource(name, folder, split, default_split, fingerprint(folder, files=paths), size,
+                      task_origin(folder, data_dir))
+
+
+def task_origin(folder: Path, data_dir: Path | None) -> str:
+    """Where a task's files came from, as a result records it (no machine's absolute path): ``embedded:<name>`` for
+    a task shipped in the package, else the folder relative to ``data_dir``, else the folder's name."""
+    folder = folder.resolve()
+    if folder.is_relative_to(EMBEDDED_DIR):
+        return f"embedded:{folder.relative_to(EMBEDDED_DIR).as_posix()}"
+    if data_dir is not None and folder.is_relative_to(Path(data_dir).resolve()):
+        return folder.relative_to(Path(data_dir).resolve()).as_posix()
+    return folder.name
 
 
 def load_task(name: str, data_dir: Path | None = None, split: str | None = None, download: bool = True) -> RetrievalTask:
@@ -139,6 +159,7 @@ def load_task(name: str, data_dir: Path | None = None, split: str | None = None,
 def load_task_source(source: TaskSource) -> RetrievalTask:
     task = load_beir_folder(source.folder, source.split, name=source.name)
     task.fingerprint, task.default_split = source.fingerprint, source.default_split
+    task.source = source.origin
     return task
 
 

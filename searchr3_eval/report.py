@@ -85,8 +85,9 @@ def row_labels(results: list[TaskResult]) -> dict[str, str]:
             f: v for f, v in identities[k].model_identity.items() if f != "model_spec"}}) for k in keys}
         fields_ = sorted({f for d in flat.values() for f in d})
         differing = [f for f in fields_ if len({_key({"v": d.get(f)}) for d in flat.values()}) > 1]
-        for k in keys:
-            labels[k] = f"{name} [" + ", ".join(f"{f.removeprefix('settings.')}={_short(flat[k].get(f))}" for f in differing) + "]"
+        for k in keys:  # a setting a row does not have (e.g. generation settings with reasoning off) is left out
+            parts = [f"{f.removeprefix('settings.')}={_short(flat[k][f])}" for f in differing if f in flat[k]]
+            labels[k] = f"{name} [" + (", ".join(parts) or "without " + differing[0].removeprefix("settings.")) + "]"
     return labels
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,7 +17,13 @@ from typing import Any
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.errors import UserError
 
-SCHEMA_VERSION = 2
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3
+# Version 2 files are migrated when read (as mteb's TaskResult.from_disk does): a Search-R3 result with reasoning off
+# held the generation settings (which cannot change a direct embedding) in its identity, ``source`` was the absolute
+# path of the machine that made it, and a model could be named by a bare name or an alias of the canonical spec.
+V2_GENERATION_SETTINGS = ("max_new_tokens", "backend", "analysis_end")
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,8 @@ class TaskResult:
         if not isinstance(data, dict):
             raise UserError(f"{where}: a result must be a JSON object")
         version = data.get("schema_version")
+        if version == 2:
+            data, version = migrate_v2(data), SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise UserError(f"{where}: result schema version {version!r}, expected {SCHEMA_VERSION} "
                             "(written by another searchr3-eval version); delete it and re-run")
@@ -116,7 +125,81 @@ class TaskResult:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def save(self, output_dir: Path) -> Path:
-        return atomic_write_json(result_path(output_dir, self.identity), self.to_dict())
+        """Write atomically to ``result_path``; an older file of the same identity (a migrated one) is removed."""
+        path = atomic_write_json(result_path(output_dir, self.identity), self.to_dict())
+        for other in _same_task_files(output_dir, self.task):
+            if other != path and _identity_of(other) == self.identity:
+                other.unlink(missing_ok=True)
+        return path
+
+
+def canonical_spec(spec: str) -> str:
+    """One name for one model: aliases of all-MiniLM-L6-v2 are ``minilm``, a bare sentence-transformers name is
+    ``st:<name>``, a trailing slash of a path is dropped."""
+    kind, sep, arg = spec.partition(":")
+    if not (sep and kind in ("st", "searchr3", "basellm")) and spec != "bm25":
+        kind, arg = "st", spec
+    arg = arg.rstrip("/") or arg
+    if kind == "st" and arg in ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        return "minilm"
+    return spec if spec == "bm25" else f"{kind}:{arg}"
+
+
+def migrate_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-2 result as schema 3 (see ``SCHEMA_VERSION``)."""
+    data = {**data, "schema_version": SCHEMA_VERSION}
+    if isinstance(data.get("model_spec"), str):
+        data["model_spec"] = canonical_spec(data["model_spec"])
+    settings = data.get("settings")
+    if isinstance(settings, dict) and settings.get("reasoning") == "off" and "prompts" in settings:
+        settings = {k: v for k, v in settings.items() if k not in V2_GENERATION_SETTINGS}
+        if isinstance(settings["prompts"], dict):
+            settings["prompts"] = {k: v for k, v in settings["prompts"].items() if k != "reasoning_system"}
+        data["settings"] = settings
+    if isinstance(data.get("source"), str):
+        data["source"] = _v2_origin(data["source"])
+    return data
+
+
+def _v2_origin(source: str) -> str:
+    """A version-2 ``source`` (the folder as given, often absolute) as ``data.task_origin`` names it."""
+    path = Path(source)
+    if "searchr3_eval/datasets" in path.as_posix():
+        return f"embedded:{path.name}"
+    return path.name if path.is_absolute() or ".." in path.parts else path.as_posix()
+
+
+def _same_task_files(output_dir: Path, task: str) -> list[Path]:
+    """Every result file of ``task`` under ``output_dir/runs``, whichever model folder (a migrated spec may have
+    been written under another folder name)."""
+    return sorted((Path(output_dir) / "runs").glob(f"*/{slug(task)}-*.json"))
+
+
+def _identity_of(path: Path) -> dict[str, Any] | None:
+    try:
+        return read_result(path).identity
+    except UserError:
+        return None
+
+
+def find_result(output_dir: Path, identity: dict[str, Any]) -> tuple[Path, TaskResult | None]:
+    """Where a result of ``identity`` is (or would be written) and the readable result with exactly that identity
+    stored there or, migrated from an older schema, under another name; None when there is none. An unreadable
+    file at the expected place is logged and redone."""
+    path = result_path(output_dir, identity)
+    candidates = [path] + [p for p in _same_task_files(output_dir, identity["task"]) if p != path]
+    for candidate in candidates:
+        if not candidate.exists():
+            continue
+        try:
+            result = read_result(candidate)
+        except UserError as exc:
+            if candidate == path:
+                log.warning("%s; redoing it", exc)
+            continue
+        if result.identity == identity:
+            return candidate, result
+    return path, None
 
 
 def read_result(path: Path) -> TaskResult:
@@ -135,5 +218,12 @@ def read_result(path: Path) -> TaskResult:
 
 
 def load_results(output_dir: Path) -> list[TaskResult]:
-    """Every result under ``<output_dir>/runs``."""
-    return [read_result(path) for path in sorted((Path(output_dir) / "runs").glob("*/*.json"))]
+    """Every result under ``<output_dir>/runs``, one per identity (of files that migrate to the same identity, the
+    one finished last)."""
+    latest: dict[str, TaskResult] = {}
+    for path in sorted((Path(output_dir) / "runs").glob("*/*.json")):
+        result = read_result(path)
+        key = identity_key(result.identity)
+        if key not in latest or result.finished_at > latest[key].finished_at:
+            latest[key] = result
+    return list(latest.values())

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from searchr3_eval import __version__, distributed
 from searchr3_eval.cache import EmbeddingCache
-from searchr3_eval.data import MissingTaskData, RetrievalTask, TaskSource, load_task_source, locate_task, resolve_task_names
+from searchr3_eval.data import MissingTaskData, check_data_dir, RetrievalTask, TaskSource, load_task_source, locate_task, resolve_task_names
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import drop_identical_ids, evaluate as score_run
 from searchr3_eval.models import ModelOptions, ModelSpec, Retriever, describe, load_model, parse_model_specs
 from searchr3_eval.retrieval import parse_index
-from searchr3_eval.results import ModelIdentity, TaskResult, read_result, result_identity, result_path
+from searchr3_eval.results import ModelIdentity, TaskResult, find_result, result_identity
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +77,6 @@ def evaluate_pair(retriever: Retriever, identity: ModelIdentity, task: Retrieval
     )
 
 
-def _finished(path: Path, identity: dict) -> TaskResult | None:
-    """The stored result at ``path`` if it is readable and has exactly this identity, else None."""
-    if not path.exists():
-        return None
-    try:
-        result = read_result(path)
-    except UserError as exc:
-        log.warning("%s; redoing it", exc)
-        return None
-    return result if result.identity == identity else None
-
-
 def evaluate(
     models: str | Sequence[str],
     tasks: str | Sequence[str],
@@ -124,8 +112,7 @@ def evaluate(
         echo = _silent
     if top_k < 1:
         raise UserError("--top-k must be at least 1")
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise UserError(f"--data-dir {data_dir} is not a folder")
+    check_data_dir(data_dir)
     output_dir = Path(output_dir)
     names = resolve_task_names(tasks if isinstance(tasks, str) else ",".join(tasks), data_dir)
     specs = parse_model_specs(models if isinstance(models, str) else ",".join(models))
@@ -150,8 +137,8 @@ def evaluate(
         for spec in specs:
             identity = result_identity(identities[spec], source.name, source.split, source.fingerprint, top_k,
                                        indexes[spec])
-            path = result_path(output_dir, identity)
-            previous = None if overwrite else _finished(path, identity)
+            path, previous = find_result(output_dir, identity)
+            previous = None if overwrite else previous
             if previous is None:
                 todo.setdefault(source, []).append((spec, identity))
             else:

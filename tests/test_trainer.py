@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from searchr3_eval.data import load_task
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.searchr3 import SearchR3Encoder
 from trainer.config import LossWeights, RLConfig, SFTConfig, load_config
@@ -246,7 +247,10 @@ def test_config_values_are_type_checked(tmp_path):
     cfg = load_config(path, SFTConfig)
     assert cfg.learning_rate == 1e-4 and isinstance(cfg.learning_rate, float) and cfg.weights.kl == 0.0
     for bad, message in [("batch_size: eight", "batch_size must be int, not 'eight'"), ("lora: 'yes'", "lora must be bool"),
-                         ("weights: {kl: lots}", "weights.kl must be float"), ("grad_accum: 0", "grad_accum must be at least 1")]:
+                         ("weights: {kl: lots}", "weights.kl must be float"), ("grad_accum: 0", "grad_accum must be at least 1"),
+                         ("learning_rate: -1.0", "learning_rate must be greater than 0, not -1.0"),
+                         ("temperature: 0", "temperature must be greater than 0, not 0.0"),
+                         ("weights: {kl: -0.5}", "weights.kl must be at least 0")]:
         path.write_text(f"model: m\noutput_dir: o\n{bad}\n")
         with pytest.raises(UserError, match=f"{path}: {message}"):
             load_config(path, SFTConfig)
@@ -327,6 +331,12 @@ def test_shipped_configs_load_and_point_at_the_shared_data(shared_beir):
         assert stage.train_file == str(Path(reasoning_data.output_dir) / "train.jsonl")
     rl_reasoning = load_config(root / "trainer/configs/rl_reasoning_smollm2.yaml", RLConfig)
     assert rl_reasoning.model == "runs/sft-reasoning-smollm2/final" and rl_reasoning.beir_split != "test"
+    nf_data = load_config(root / "trainer/configs/data_nfcorpus_smollm2.yaml", DataConfig)
+    nf_sft = load_config(root / "trainer/configs/sft_nfcorpus_smollm2.yaml", SFTConfig)
+    assert nf_data.beir_split == "train" and any(d.endswith("nfcorpus") for d in nf_data.beir_dirs)
+    assert all((root / d / "qrels" / "train.tsv").is_file() for d in nf_data.beir_dirs)
+    assert nf_sft.train_file == str(Path(nf_data.output_dir) / "train.jsonl")
+    assert nf_sft.eval_file == str(Path(nf_data.output_dir) / "heldout.jsonl")
 
 
 def test_trainer_device_is_validated_with_the_config(tmp_path):
@@ -427,6 +437,27 @@ def test_training_data_holds_out_whole_queries_and_respects_splits(data_dir, tmp
     pairs.write_text('{"query": "q"}\n', encoding="utf-8")
     with pytest.raises(UserError, match="pairs.jsonl line 1"):
         prepare_data(cfg)
+
+
+def test_training_data_caps_positives_per_query_and_adds_upper_cased_copies(data_dir, tmp_path):
+    from trainer.config import DataConfig
+    from trainer.prepare import prepare_data
+
+    qrels = data_dir / "MiniGSM" / "qrels" / "test.tsv"
+    qrels.write_text(qrels.read_text() + "".join(f"q0\td{i}\t1\n" for i in range(1, 6)))  # q0: 6 positives
+    task = load_task("MiniGSM", data_dir)
+    capped = mine_bm25_triples(task, max_positives=2)
+    assert sum(t.query == task.queries["q0"] for t in capped) == 2 and len(capped) == 39 + 2
+    assert len(mine_bm25_triples(task)) == 39 + 6
+    cfg = DataConfig(output_dir=str(tmp_path / "data"), beir_dirs=[str(data_dir / "MiniGSM")], beir_split="test",
+                     max_positives=2, case_fraction=0.5, heldout_fraction=0.25)
+    summary = prepare_data(cfg)
+    train = load_triples(tmp_path / "data" / "train.jsonl")
+    upper = [t for t in train if t.query == t.query.upper()]
+    assert summary["case_copies"] == len(upper) == round((summary["train"] - len(upper)) * 0.5) > 0
+    assert {t.query.lower() for t in upper} <= {t.query.lower() for t in train if t not in upper}
+    assert any(t.positive == t.positive.upper() for t in upper) and any(t.positive != t.positive.upper() for t in upper)
+    assert not {t.query.upper() for t in load_triples(tmp_path / "data" / "heldout.jsonl")} & {t.query for t in upper}
 
 
 def test_rl_over_a_beir_corpus_caches_only_the_documents_lower_layers(tiny_model_dir, data_dir, tmp_path):

@@ -76,6 +76,8 @@ class DataConfig:
     pair_files: list[str] = field(default_factory=list)  # jsonl {"query", "positive", "negatives"?, "split"?}
     keep_splits: list[str] = field(default_factory=lambda: ["TRAIN"])  # rows with a "split" field: which to keep
     num_negatives: int = 1
+    max_positives: int | None = None  # BEIR sources: at most this many judged positives of each query (sampled)
+    case_fraction: float = 0.0  # add upper-cased copies of this fraction of the training triples (trainer.data.case_variants)
     heldout_fraction: float = 0.1  # of each source's distinct queries, for model selection
     seed: int = 0
 
@@ -109,7 +111,16 @@ T = TypeVar("T")
 CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "attn_implementation": ("auto", "eager", "sdpa"),
            "dtype": ("float32", "bfloat16")}
 POSITIVE = {"max_query_length", "max_document_length", "batch_size", "grad_accum", "epochs", "max_steps", "group_size", "steps", "max_length", "save_every",
-            "refresh_every", "top_k", "lora_r", "train_layers", "eval_every", "batch_tokens", "max_new_tokens", "ppo_epochs"}
+            "refresh_every", "top_k", "lora_r", "train_layers", "eval_every", "batch_tokens", "max_new_tokens", "ppo_epochs",
+            "max_positives"}
+# value ranges checked before anything loads: (test, what the message says it must be)
+RANGES = {
+    **dict.fromkeys(("learning_rate", "temperature", "clip_eps"), (lambda v: v > 0, "greater than 0")),
+    **dict.fromkeys(("margin", "kl_beta", "rank_band", "drift_band", "audit_noise", "sft", "kl", "infonce", "triplet"),
+                    (lambda v: v >= 0, "at least 0")),
+    "heldout_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "case_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -164,6 +175,10 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     for key in POSITIVE & set(values):
         if values[key] is not None and values[key] < 1:
             raise UserError(f"{prefix}{key} must be at least 1, not {values[key]}")
+    for key in RANGES.keys() & set(values):
+        test, allowed = RANGES[key]
+        if not test(values[key]):
+            raise UserError(f"{prefix}{key} must be {allowed}, not {values[key]}")
     try:
         return cls(**values)
     except TypeError as exc:

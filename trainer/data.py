@@ -52,10 +52,13 @@ def write_triples(path: str | Path, triples: list[Triple]) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
-def mine_bm25_triples(task: RetrievalTask, num_negatives: int = 1, seed: int = 0) -> list[Triple]:
+def mine_bm25_triples(task: RetrievalTask, num_negatives: int = 1, seed: int = 0,
+                      max_positives: int | None = None) -> list[Triple]:
     """One triple per judged (query, positive); negatives are the best BM25 documents not judged relevant,
-    topped up with random unjudged documents when BM25 matches too few. A positive with a title gives the triple its
-    analysis: the title of a document that answers the query (a HyDE-style target for reasoning-format SFT)."""
+    topped up with random unjudged documents when BM25 matches too few. ``max_positives`` keeps at most that many
+    positives of each query (a random sample), so a query judged against dozens of documents does not outweigh the
+    others. A positive with a title gives the triple its analysis: the title of a document that answers the query
+    (a HyDE-style target for reasoning-format SFT)."""
     run = BM25Retriever(show_progress=False).search(task, top_k=num_negatives + 20)
     rng = random.Random(seed)
     doc_ids = list(task.corpus)
@@ -64,8 +67,23 @@ def mine_bm25_triples(task: RetrievalTask, num_negatives: int = 1, seed: int = 0
         ranked = [d for d, _ in sorted(run.get(qid, {}).items(), key=lambda kv: -kv[1])]
         pool = [d for d in ranked + rng.sample(doc_ids, min(len(doc_ids), num_negatives + len(judged))) if judged.get(d, 0) <= 0]
         negatives = [document_text(task.corpus[d]) for d in dict.fromkeys(pool)][:num_negatives]
-        for doc_id, grade in judged.items():
-            if grade > 0 and doc_id in task.corpus:
-                title = task.corpus[doc_id].get("title", "").strip()
-                triples.append(Triple(task.queries[qid], document_text(task.corpus[doc_id]), negatives, title or None))
+        positives = [d for d, grade in judged.items() if grade > 0 and d in task.corpus]
+        if max_positives is not None and len(positives) > max_positives:
+            positives = rng.sample(positives, max_positives)
+        for doc_id in positives:
+            title = task.corpus[doc_id].get("title", "").strip()
+            triples.append(Triple(task.queries[qid], document_text(task.corpus[doc_id]), negatives, title or None))
     return triples
+
+
+def case_variants(triples: list[Triple], fraction: float, rng: random.Random) -> list[Triple]:
+    """Upper-cased copies of a random ``fraction`` of ``triples``, for a model that reads letter case where old
+    collections and users write in capitals: each copy upper-cases its query, and half of them also their documents
+    (so both an upper-cased query against normal documents and an all-capitals collection are seen)."""
+    chosen = rng.sample(triples, round(len(triples) * fraction))
+    copies = []
+    for i, t in enumerate(chosen):
+        documents_too = i % 2 == 1
+        copies.append(Triple(t.query.upper(), t.positive.upper() if documents_too else t.positive,
+                             [n.upper() for n in t.negatives] if documents_too else t.negatives, t.analysis))
+    return copies

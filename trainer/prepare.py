@@ -10,7 +10,7 @@ from searchr3_eval.atomic import atomic_write, atomic_write_json
 from searchr3_eval.data import load_beir_folder
 from searchr3_eval.errors import UserError
 from trainer.config import DataConfig
-from trainer.data import Triple, load_triples, mine_bm25_triples, write_triples
+from trainer.data import Triple, case_variants, load_triples, mine_bm25_triples, write_triples
 
 
 def split_by_query(triples: list[Triple], fraction: float, rng: random.Random) -> tuple[list[Triple], list[Triple]]:
@@ -26,7 +26,8 @@ def prepare_data(cfg: DataConfig) -> dict:
         raise UserError(f"heldout_fraction must be in [0, 1), not {cfg.heldout_fraction}")
     sources = {}
     for folder in cfg.beir_dirs:
-        sources[folder] = mine_bm25_triples(load_beir_folder(Path(folder), cfg.beir_split), cfg.num_negatives, cfg.seed)
+        sources[folder] = mine_bm25_triples(load_beir_folder(Path(folder), cfg.beir_split), cfg.num_negatives, cfg.seed,
+                                            cfg.max_positives)
     for path in cfg.pair_files:
         sources[path] = [Triple(t.query, t.positive, t.negatives[: cfg.num_negatives], t.analysis)
                          for t in load_triples(path, cfg.keep_splits)]
@@ -40,10 +41,12 @@ def prepare_data(cfg: DataConfig) -> dict:
         heldout += held
         negatives = Counter(len(t.negatives) for t in triples)
         counts[name] = {"train": len(kept), "heldout": len(held), "triples_by_negatives": dict(sorted(negatives.items()))}
+    case_copies = case_variants(train, cfg.case_fraction, rng) if cfg.case_fraction else []
+    train += case_copies
     rng.shuffle(train)
     out = Path(cfg.output_dir)
     atomic_write(out / "train.jsonl", lambda tmp: write_triples(tmp, train))
     atomic_write(out / "heldout.jsonl", lambda tmp: write_triples(tmp, heldout))
-    summary = {"train": len(train), "heldout": len(heldout), "sources": counts}
+    summary = {"train": len(train), "heldout": len(heldout), "case_copies": len(case_copies), "sources": counts}
     atomic_write_json(out / "summary.json", summary)
     return summary

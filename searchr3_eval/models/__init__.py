@@ -17,7 +17,7 @@ from searchr3_eval.cache import EmbeddingCache
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import DenseEncoder, Retriever
 from searchr3_eval.models.bm25 import BM25Retriever, bm25_revision, bm25_settings
-from searchr3_eval.results import ModelIdentity
+from searchr3_eval.results import ModelIdentity, canonical_spec
 from searchr3_eval.retrieval import parse_index
 
 DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2-sft"
@@ -85,14 +85,15 @@ class ModelSpec:
 
 
 def parse_model_spec(text: str) -> ModelSpec:
+    """A spec in its canonical form (``results.canonical_spec``), so one model named two ways is one identity."""
     if text == "bm25":
         return ModelSpec(text, "bm25", "")
     kind, sep, arg = text.partition(":")
-    if sep and kind in ("st", "searchr3", "basellm"):
-        if not arg:
-            raise UserError(f"model spec {text!r} needs a name or path after the colon")
-        return ModelSpec(text, kind, arg)
-    return ModelSpec(text, "st", text)
+    if sep and kind in ("st", "searchr3", "basellm") and not arg:
+        raise UserError(f"model spec {text!r} needs a name or path after the colon")
+    text = canonical_spec(text)
+    kind, _, arg = text.partition(":")
+    return ModelSpec(text, "st", "minilm") if text == "minilm" else ModelSpec(text, kind, arg)
 
 
 def parse_model_specs(spec: str) -> list[ModelSpec]:

@@ -8,6 +8,7 @@ import bm25s
 import Stemmer
 
 from searchr3_eval.data import RetrievalTask, document_text
+from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import Run
 
 
@@ -35,15 +36,23 @@ class BM25Retriever:
     def search(self, task: RetrievalTask, top_k: int = 100) -> Run:
         start = time.perf_counter()
         doc_ids = list(task.corpus)
+        doc_tokens = tokenize([document_text(task.corpus[d]) for d in doc_ids], self.show_progress)
+        if not any(doc_tokens):
+            raise UserError(f"{task.name}: no document has a word BM25 can index (every document is blank or only "
+                            "stopwords)")
         index = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-        index.index(tokenize([document_text(task.corpus[d]) for d in doc_ids], self.show_progress), show_progress=self.show_progress)
-        query_ids = list(task.queries)
-        query_tokens = [tokens or [""] for tokens in tokenize([task.queries[q] for q in query_ids])]
-        results, scores = index.retrieve(query_tokens, k=min(top_k, len(doc_ids)), show_progress=self.show_progress)
-        run = {
-            qid: {doc_ids[i]: float(s) for i, s in zip(row_idx, row_scores) if s > 0}
-            for qid, row_idx, row_scores in zip(query_ids, results, scores)
-        }
+        index.index(doc_tokens, show_progress=self.show_progress)
+        # a query scores 0 against every document when none of its words is in the index (blank, only stopwords, or
+        # words no document has), as a dense model's query with no match does
+        run: Run = {qid: {} for qid in task.queries}
+        known = [(qid, [t for t in tokens if t in index.vocab_dict])
+                 for qid, tokens in zip(task.queries, tokenize([task.queries[q] or "" for q in task.queries]))]
+        known = [(qid, tokens) for qid, tokens in known if tokens]
+        if known:
+            results, scores = index.retrieve([tokens for _, tokens in known], k=min(top_k, len(doc_ids)),
+                                             show_progress=self.show_progress)
+            for (qid, _), row_idx, row_scores in zip(known, results, scores):
+                run[qid] = {doc_ids[i]: float(s) for i, s in zip(row_idx, row_scores) if s > 0}
         self.search_stats = {"retrieval_seconds": time.perf_counter() - start, "device": "cpu"}
         return run
 

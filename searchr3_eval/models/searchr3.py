@@ -84,9 +84,27 @@ ANALYSIS_END = "stop at the embed token, end of turn or the direct phrase"  # ho
 
 def searchr3_settings(reasoning: str, max_length: int, max_new_tokens: int, prompts: Prompts, dtype: str, backend: str,
                       add_embed_token: bool) -> dict:
-    """Everything besides the weights that changes a Search-R3 embedding."""
-    return {"reasoning": reasoning, "max_length": max_length, "max_new_tokens": max_new_tokens, "prompts": asdict(prompts),
-            "dtype": dtype, "backend": backend, "add_embed_token": add_embed_token, "analysis_end": ANALYSIS_END}
+    """Everything besides the weights that changes a Search-R3 embedding, and nothing else: the settings of
+    generation (``REASONING_ONLY`` and the reasoning system prompt) only where something reasons."""
+    settings = {"reasoning": reasoning, "max_length": max_length, "prompts": asdict(prompts), "dtype": dtype,
+                "add_embed_token": add_embed_token}
+    if reasoning == "off":
+        del settings["prompts"]["reasoning_system"]
+    else:
+        settings.update(max_new_tokens=max_new_tokens, backend=backend, analysis_end=ANALYSIS_END)
+    return settings
+
+
+REASONING_ONLY = ("max_new_tokens", "backend", "analysis_end")
+
+
+def direct_settings(settings: dict) -> dict:
+    """``settings`` as they are with reasoning off (also how a result written before generation settings were
+    left out of direct-mode identities is read)."""
+    direct = {k: v for k, v in settings.items() if k not in REASONING_ONLY}
+    direct["reasoning"] = "off"
+    direct["prompts"] = {k: v for k, v in settings["prompts"].items() if k != "reasoning_system"}
+    return direct
 
 
 def add_embed_token(model, tokenizer) -> int:
@@ -165,11 +183,7 @@ class SearchR3Encoder(DenseEncoder):
     def embedding_settings(self, kind: Kind) -> dict:
         """A kind embedded directly does not depend on the reasoning settings: with ``--reasoning on`` the documents
         share their cached embeddings with ``--reasoning off``."""
-        if self.reasons(kind):
-            return self.settings
-        direct = {**self.settings, "reasoning": "off", "max_new_tokens": None, "backend": None}
-        del direct["analysis_end"]
-        return direct
+        return self.settings if self.reasons(kind) else direct_settings(self.settings)
 
     def reasons(self, kind: Kind) -> bool:
         return self.reasoning == "all" or (self.reasoning == "on" and kind == "query")
