@@ -67,12 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", allow_abbrev=False, help="write leaderboard tables and plots from existing results")
     report.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
     report.add_argument("--baseline", help="model spec or row label for the significance tests (default bm25)")
+    report.add_argument("--test", default="t", help="paired test against the baseline: t (t-test) or permutation "
+                        "(randomisation test); default t")
+    report.add_argument("--correction", default="bh", help="over the model x task grid: bh (Benjamini-Hochberg) or "
+                        "none; default bh")
 
-    verify = sub.add_parser("verify", allow_abbrev=False, help="re-run pinned expected scores and print a pass/fail matrix")
+    verify = sub.add_parser("verify", allow_abbrev=False,
+                            help="re-run the reproducible conditions and print a pass/fail matrix")
     verify.add_argument("--data-dir", type=Path, required=True, help="folder holding the BEIR task folders")
-    verify.add_argument("--expected", type=Path, help="expected-scores YAML (default: the packaged one)")
-    verify.add_argument("--models", help="only rows of these model specs (comma list)")
+    verify.add_argument("--conditions", type=Path, help="conditions YAML (default: the packaged conditions.yaml)")
+    verify.add_argument("--models", help="only these conditions, by name or model spec (comma list)")
     verify.add_argument("--tasks", help="only rows of these tasks (comma list)")
+    verify.add_argument("--fast", action="store_true", help="only the rows marked fast (what CI runs)")
     verify.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT / "verify")
     verify.add_argument("--cache-dir", type=Path)
     verify.add_argument("--quiet", action="store_true")
@@ -138,8 +144,9 @@ def command_verify(args: argparse.Namespace) -> int:
     from searchr3_eval.cache import default_cache_dir
     from searchr3_eval.verify import format_matrix, verify
 
-    checks = verify(args.data_dir, args.expected, models=args.models, tasks=args.tasks, output_dir=args.output_dir,
-                    cache_dir=args.cache_dir or default_cache_dir(), show_progress=not args.quiet)
+    checks = verify(args.data_dir, args.conditions, names=args.models, tasks=args.tasks, fast=args.fast,
+                    output_dir=args.output_dir, cache_dir=args.cache_dir or default_cache_dir(),
+                    show_progress=not args.quiet)
     print(format_matrix(checks))
     return 0 if all(c.passed for c in checks) else 1
 
@@ -179,9 +186,9 @@ def run_command(argv: list[str]) -> int:
         if args.command == "run":
             return command_run(args)
         if args.command == "report":
-            from searchr3_eval.report import write_report
+            from searchr3_eval.report import Significance, write_report
 
-            for path in write_report(args.output_dir, args.baseline):
+            for path in write_report(args.output_dir, args.baseline, Significance(args.test, args.correction)):
                 print(f"wrote {path}")
             return 0
         if args.command == "verify":

@@ -1,9 +1,12 @@
 """Retrieval tasks in BEIR format: corpus.jsonl, queries.jsonl and qrels/<split>.tsv."""
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
+import shutil
+import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "datasets"
 DEFAULT_TASK = "GSM8KRetrieval"
-BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{}.zip"
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 
 CQADUPSTACK_FORUMS = ["android", "english", "gaming", "gis", "mathematica", "physics", "programmers", "stats", "tex",
                       "unix", "webmasters", "wordpress"]
@@ -163,13 +166,20 @@ def load_task_source(source: TaskSource) -> RetrievalTask:
     return task
 
 
+def beir_url(archive: str) -> str:
+    """Where a BEIR archive is downloaded from: ``$SEARCHR3_BEIR_URL`` (a mirror, or a local server) or BEIR's."""
+    return os.environ.get("SEARCHR3_BEIR_URL", BEIR_URL).rstrip("/") + f"/{archive}.zip"
+
+
 def download_beir(dataset: str, data_dir: Path) -> Path:
-    """Download and unzip one BEIR dataset into ``data_dir/<dataset>`` (for users with network)."""
+    """Download and unzip one BEIR dataset into ``data_dir/<dataset>`` (for users with network). The zip is written
+    atomically and checked against its announced length, and the folder appears only once it is whole, so an
+    interrupted download or unzip is redone by the next run instead of being read as data."""
     target = data_dir / dataset
     if (target / "corpus.jsonl").is_file():
         return target
     archive = dataset.split("/")[0]  # cqadupstack/<forum> comes in cqadupstack.zip
-    url = BEIR_URL.format(archive)
+    url = beir_url(archive)
     zip_path = data_dir / f"{archive}.zip"
 
     def fetch(tmp: str) -> None:
@@ -179,14 +189,31 @@ def download_beir(dataset: str, data_dir: Path) -> Path:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
+            if total is not None and out.tell() != total:
+                raise OSError(f"the download ended after {out.tell()} of {total} bytes")
 
+    advice = f"put the BEIR folder {dataset}/ under --data-dir"
     try:
         atomic_write(zip_path, fetch)
-    except OSError as exc:
-        raise UserError(f"could not download {url} ({exc}); put the BEIR folder {dataset}/ under --data-dir") from exc
-    with zipfile.ZipFile(zip_path) as zf:
-        zf.extractall(data_dir)
-    zip_path.unlink()
+    except (OSError, http.client.HTTPException) as exc:
+        raise UserError(f"could not download {url} ({exc}); run again, or {advice}") from exc
+
+    try:  # each dataset folder of the archive is renamed into place whole (the staging folder is on the same disk)
+        with tempfile.TemporaryDirectory(dir=data_dir, prefix=".unzip-") as staging:
+            with zipfile.ZipFile(zip_path) as zf:
+                zf.extractall(staging)
+            for corpus in sorted(Path(staging).glob(f"{archive}/**/corpus.jsonl")):
+                destination = data_dir / corpus.parent.relative_to(staging)
+                if not (destination / "corpus.jsonl").is_file():
+                    shutil.rmtree(destination, ignore_errors=True)
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(corpus.parent, destination)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"{url} is not a readable zip ({exc}); {advice}") from exc
+    finally:
+        zip_path.unlink(missing_ok=True)
+    if not (target / "corpus.jsonl").is_file():
+        raise UserError(f"{url} has no {dataset}/corpus.jsonl; {advice}")
     return target
 
 

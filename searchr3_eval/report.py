@@ -2,7 +2,9 @@
 
 Each model identity (spec, revision, settings, top_k) gets its own row, labelled by its display name plus the
 settings that tell it apart from rows of the same name; each (task, split, task files) gets its own column, with a
-non-default split marked. A paired t-test over per-query scores marks significant differences from a baseline.
+non-default split marked. A paired test over per-query scores (t-test or randomisation), corrected for the many
+comparisons of the model x task grid (Benjamini-Hochberg by default, as ranx offers), marks significant differences
+from a baseline; the p-values are written to ``significance.csv``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,25 @@ from searchr3_eval.results import TaskResult, load_results
 METRIC_TITLES = {"ndcg_at_10": "nDCG@10", "recall_at_100": "Recall@100", "map_at_100": "MAP@100", "mrr_at_10": "MRR@10"}
 SIGNIFICANCE_LEVEL = 0.05
 MARK = "†"
+TESTS = {"t": "two-sided paired t-test", "permutation": "two-sided paired randomisation test (10,000 resamples)"}
+CORRECTIONS = {"bh": "Benjamini-Hochberg false discovery rate", "none": "no correction for multiple comparisons"}
+
+
+@dataclass(frozen=True)
+class Significance:
+    """How rows are compared with the baseline: the paired test and the correction over the model x task grid."""
+
+    test: str = "t"
+    correction: str = "bh"
+
+    def __post_init__(self):
+        if self.test not in TESTS:
+            raise UserError(f"unknown significance test {self.test!r}; use one of {', '.join(TESTS)}")
+        if self.correction not in CORRECTIONS:
+            raise UserError(f"unknown correction {self.correction!r}; use one of {', '.join(CORRECTIONS)}")
+
+    def describe(self) -> str:
+        return f"{TESTS[self.test]} over per-query scores, {CORRECTIONS[self.correction]}, p < {SIGNIFICANCE_LEVEL}"
 
 
 @dataclass(frozen=True)
@@ -38,8 +59,13 @@ class Row:
     label: str
     spec: str
     cells: dict[str, float | None] = field(default_factory=dict)  # column label -> score
-    significant: dict[str, bool] = field(default_factory=dict)
+    pvalues: dict[str, float] = field(default_factory=dict)  # column label -> p against the baseline (uncorrected)
+    adjusted: dict[str, float] = field(default_factory=dict)  # the same, corrected for multiple comparisons
     average: float | None = None
+
+    @property
+    def significant(self) -> dict[str, bool]:
+        return {c: p < SIGNIFICANCE_LEVEL for c, p in self.adjusted.items()}
 
 
 @dataclass
@@ -48,6 +74,7 @@ class Table:
     columns: list[str]
     rows: list[Row]
     baseline: str | None  # label of the baseline row
+    significance: Significance = field(default_factory=Significance)
 
 
 def _key(data: dict[str, Any]) -> str:
@@ -101,15 +128,31 @@ def columns(results: list[TaskResult]) -> dict[tuple[str, str, str], Column]:
     return {k: Column(*k, label if counts[label] == 1 else f"{label} [data {k[2][:8]}]") for k, label in base.items()}
 
 
-def paired_significant(a: dict[str, float], b: dict[str, float]) -> bool:
-    """Two-sided paired t-test over the queries both score; True when p < SIGNIFICANCE_LEVEL."""
-    from scipy.stats import ttest_rel
+def paired_pvalue(a: dict[str, float], b: dict[str, float], test: str = "t") -> float | None:
+    """Two-sided paired test over the queries both score; None when there is nothing to test (fewer than two
+    common queries), 1.0 when every pair is equal."""
+    from scipy.stats import permutation_test, ttest_rel
 
     common = sorted(set(a) & set(b))
-    if len(common) < 2 or all(a[q] == b[q] for q in common):
-        return False
-    pvalue = ttest_rel([a[q] for q in common], [b[q] for q in common]).pvalue
-    return bool(pvalue < SIGNIFICANCE_LEVEL)
+    if len(common) < 2:
+        return None
+    if all(a[q] == b[q] for q in common):
+        return 1.0
+    x, y = [a[q] for q in common], [b[q] for q in common]
+    if test == "t":
+        return float(ttest_rel(x, y).pvalue)
+    result = permutation_test((x, y), lambda u, v: sum(u) / len(u) - sum(v) / len(v), permutation_type="samples",
+                              n_resamples=10_000, alternative="two-sided", random_state=0)
+    return float(result.pvalue)
+
+
+def adjust_pvalues(pvalues: list[float], correction: str) -> list[float]:
+    """``pvalues`` corrected for being tested together (``bh``: scipy's false_discovery_control)."""
+    from scipy.stats import false_discovery_control
+
+    if correction == "none" or not pvalues:
+        return list(pvalues)
+    return [float(p) for p in false_discovery_control(pvalues, method="bh")]
 
 
 def _pick_baseline(rows: dict[str, Row], baseline: str | None) -> str | None:
@@ -121,7 +164,8 @@ def _pick_baseline(rows: dict[str, Row], baseline: str | None) -> str | None:
     return found[0]
 
 
-def table(results: list[TaskResult], metric: str = MAIN_METRIC, baseline: str | None = None) -> Table:
+def table(results: list[TaskResult], metric: str = MAIN_METRIC, baseline: str | None = None,
+          significance: Significance = Significance()) -> Table:
     """Rows by model identity and columns by task, best average first; aggregates (CQADupStack) as MTEB reports them."""
     labels, cols = row_labels(results), columns(results)
     rows: dict[str, Row] = {}
@@ -145,26 +189,34 @@ def table(results: list[TaskResult], metric: str = MAIN_METRIC, baseline: str | 
         known = [row.cells.get(c) for c in order]
         row.average = sum(known) / len(known) if known and all(v is not None for v in known) else None
         if base_key is not None and key != base_key:
-            row.significant = {c: paired_significant(per_query[(key, c)], per_query[(base_key, c)])
-                               for c in order if (key, c) in per_query and (base_key, c) in per_query}
+            for c in order:
+                if (key, c) in per_query and (base_key, c) in per_query:
+                    p = paired_pvalue(per_query[(key, c)], per_query[(base_key, c)], significance.test)
+                    if p is not None:
+                        row.pvalues[c] = p
+    tested = [(row, c) for row in rows.values() for c in row.pvalues]  # the whole grid is corrected together
+    for (row, c), adjusted in zip(tested, adjust_pvalues([row.pvalues[c] for row, c in tested], significance.correction)):
+        row.adjusted[c] = adjusted
     ranked = sorted(rows.values(), key=lambda row: (row.average is None, -(row.average or 0.0), row.label))
-    return Table(metric, order, ranked, rows[base_key].label if base_key else None)
+    return Table(metric, order, ranked, rows[base_key].label if base_key else None, significance)
 
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
-def markdown(results: list[TaskResult], baseline: str | None = None) -> str:
+def markdown(results: list[TaskResult], baseline: str | None = None,
+             significance: Significance = Significance()) -> str:
     parts = ["# Leaderboard", "", "Scores x100 on each task's evaluation split (another split is named in the column); "
              "Average only over models with every task."]
-    first = table(results, MAIN_METRIC, baseline)
+    first = table(results, MAIN_METRIC, baseline, significance)
     if first.baseline:
-        parts.append(f"{MARK} marks a significant difference from **{first.baseline}** on that task (two-sided paired "
-                     f"t-test over per-query scores, p < {SIGNIFICANCE_LEVEL}).")
+        parts.append(f"{MARK} marks a significant difference from **{first.baseline}** on that task "
+                     f"({significance.describe()}, each metric's grid corrected on its own; p-values in "
+                     "significance.csv).")
     parts.append("")
     for metric in MEASURES:
-        t = table(results, metric, baseline)
+        t = table(results, metric, baseline, significance)
         parts += [f"## {METRIC_TITLES[metric]}", "", "| " + " | ".join(["Model", *t.columns, "Average"]) + " |",
                   "|" + "---|" * (len(t.columns) + 2)]
         for row in t.rows:
@@ -181,6 +233,22 @@ def markdown(results: list[TaskResult], baseline: str | None = None) -> str:
             f"{'' if dps is None else f'{dps:.1f}'} | {r.timing.get('wall_seconds', 0.0):.1f} | {r.revision} |"
         )
     return "\n".join(parts) + "\n"
+
+
+def significance_csv(results: list[TaskResult], baseline: str | None = None,
+                     significance: Significance = Significance()) -> str:
+    """Every tested (metric, row, column): its p-value against the baseline, corrected, and the verdict."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["metric", "model", "task", "baseline", "test", "correction", "p_value", "p_adjusted", "significant"])
+    for metric in MEASURES:
+        t = table(results, metric, baseline, significance)
+        for row in t.rows:
+            for c in t.columns:
+                if c in row.pvalues:
+                    writer.writerow([metric, row.label, c, t.baseline, significance.test, significance.correction,
+                                     f"{row.pvalues[c]:.6g}", f"{row.adjusted[c]:.6g}", row.significant[c]])
+    return buffer.getvalue()
 
 
 def csv_text(results: list[TaskResult], metric: str = MAIN_METRIC, baseline: str | None = None) -> str:
@@ -219,14 +287,16 @@ def plot_scores(results: list[TaskResult], path: Path, metric: str = MAIN_METRIC
     return path
 
 
-def write_report(output_dir: Path, baseline: str | None = None) -> list[Path]:
-    """Write leaderboard.md, leaderboard.csv and plots/ndcg_at_10.png under ``output_dir``."""
+def write_report(output_dir: Path, baseline: str | None = None,
+                 significance: Significance = Significance()) -> list[Path]:
+    """Write leaderboard.md, leaderboard.csv, significance.csv and plots/ndcg_at_10.png under ``output_dir``."""
     output_dir = Path(output_dir)
     results = load_results(output_dir)
     if not results:
         raise UserError(f"no results under {output_dir / 'runs'}; run 'searchr3-eval run' first")
     return [
-        atomic_write_text(output_dir / "leaderboard.md", markdown(results, baseline)),
+        atomic_write_text(output_dir / "leaderboard.md", markdown(results, baseline, significance)),
         atomic_write_text(output_dir / "leaderboard.csv", csv_text(results, baseline=baseline)),
+        atomic_write_text(output_dir / "significance.csv", significance_csv(results, baseline, significance)),
         plot_scores(results, output_dir / "plots" / f"{MAIN_METRIC}.png"),
     ]

@@ -148,6 +148,48 @@ def test_paired_significance_against_the_bm25_baseline():
     assert table([bm25, better], baseline="minilm").rows[1].significant == {"T": True}
 
 
+def first_row(markdown_text: str, label: str) -> str:
+    """The nDCG@10 table's line of row ``label``."""
+    return next(line for line in markdown_text.splitlines() if line.startswith(f"| {label} |"))
+
+
+def test_significance_keeps_p_values_and_corrects_over_the_grid(tmp_path):
+    from scipy.stats import false_discovery_control, ttest_rel
+
+    from searchr3_eval.report import Significance
+
+    queries = [f"q{i}" for i in range(40)]
+    bm25 = {q: 0.5 + 0.1 * ((i * 7) % 5) for i, q in enumerate(queries)}
+    results = []
+    for task in ("T1", "T2", "T3", "T4"):
+        results.append(make_result("bm25", "BM25", task, bm25))
+        for centre, name in [(0.7 if task == "T1" else 0.9, "A"), (0.9, "B")]:  # A on T1: t-test p = 0.043
+            scores = {q: v + 0.04 * ((i % 3) - centre) for i, (q, v) in enumerate(bm25.items())}
+            results.append(make_result(f"st:{name}", name, task, scores))
+    plain = table(results, significance=Significance(correction="none"))
+    corrected = table(results)
+    raw = [row.pvalues[c] for row in plain.rows for c in plain.columns if c in row.pvalues]
+    expected_t = ttest_rel([v + 0.04 * ((i % 3) - 0.7) for i, v in enumerate(bm25.values())], list(bm25.values())).pvalue
+    assert next(r for r in plain.rows if r.label == "A").pvalues["T1"] == pytest.approx(expected_t)
+    adjusted = [row.adjusted[c] for row in corrected.rows for c in corrected.columns if c in row.adjusted]
+    assert adjusted == pytest.approx(list(false_discovery_control(raw, method="bh")))
+    assert sum(p < 0.05 for p in raw) == 1 and not any(p < 0.05 for p in adjusted)  # 8 comparisons: not significant
+    assert "†" not in first_row(markdown(results), "A")
+    assert "†" in first_row(markdown(results, significance=Significance(correction="none")), "A")
+    permutation = table(results, significance=Significance("permutation", "none"))
+    row_a = next(r for r in permutation.rows if r.label == "A")
+    assert row_a.pvalues["T1"] == pytest.approx(expected_t, abs=0.015)
+    for r in results:
+        r.save(tmp_path)
+    assert main(["report", "--output-dir", str(tmp_path), "--test", "permutation", "--correction", "none"]) == 0
+    lines = (tmp_path / "significance.csv").read_text().splitlines()
+    assert lines[0] == "metric,model,task,baseline,test,correction,p_value,p_adjusted,significant" and len(lines) == 1 + 4 * 2 * 4
+    assert "randomisation test (10,000 resamples) over per-query scores, no correction" in \
+        (tmp_path / "leaderboard.md").read_text()
+    with pytest.raises(UserError, match="unknown significance test 'z'"):
+        Significance("z")
+
+
 def test_cqadupstack_forums_collapse_into_the_mteb_aggregate():
     from searchr3_eval.data import AGGREGATES, GROUPS
 
@@ -164,6 +206,6 @@ def test_write_report_makes_tables_and_png(tmp_path):
     for r in (make_result("bm25", "BM25", "T1", {"q": 0.2}), make_result("minilm", "MiniLM", "T1", {"q": 0.5})):
         r.save(tmp_path)
     paths = write_report(tmp_path)
-    assert [p.name for p in paths] == ["leaderboard.md", "leaderboard.csv", "ndcg_at_10.png"]
+    assert [p.name for p in paths] == ["leaderboard.md", "leaderboard.csv", "significance.csv", "ndcg_at_10.png"]
     assert paths[1].read_text().splitlines() == ["Model,T1,Average", "MiniLM,0.5000,0.5000", "BM25,0.2000,0.2000"]
-    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
