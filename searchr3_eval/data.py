@@ -146,11 +146,11 @@ def locate_task(name: str, data_dir: Path | None = None, split: str | None = Non
 def task_origin(folder: Path, data_dir: Path | None) -> str:
     """Where a task's files came from, as a result records it (no machine's absolute path): ``embedded:<name>`` for
     a task shipped in the package, else the folder relative to ``data_dir``, else the folder's name."""
-    folder = folder.resolve()
-    if folder.is_relative_to(EMBEDDED_DIR):
-        return f"embedded:{folder.relative_to(EMBEDDED_DIR).as_posix()}"
-    if data_dir is not None and folder.is_relative_to(Path(data_dir).resolve()):
-        return folder.relative_to(Path(data_dir).resolve()).as_posix()
+    if folder.resolve().is_relative_to(EMBEDDED_DIR):
+        return f"embedded:{folder.resolve().relative_to(EMBEDDED_DIR).as_posix()}"
+    folder = Path(os.path.abspath(folder))  # a linked folder keeps the name it has under data_dir
+    if data_dir is not None and folder.is_relative_to(os.path.abspath(data_dir)):
+        return folder.relative_to(os.path.abspath(data_dir)).as_posix()
     return folder.name
 
 

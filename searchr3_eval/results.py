@@ -6,6 +6,7 @@ identities never overwrite or merge with each other.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -14,8 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from searchr3_eval.atomic import atomic_write_json
+from searchr3_eval.atomic import atomic_write, atomic_write_json
 from searchr3_eval.errors import UserError
+from searchr3_eval.metrics import Run
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,38 @@ def result_path(output_dir: Path, identity: dict[str, Any]) -> Path:
     """``<output_dir>/runs/<model spec>/<task>-<identity hash>.json``."""
     name = f"{slug(identity['task'])}-{identity_key(identity)}.json"
     return output_dir / "runs" / slug(identity["model_spec"]) / name
+
+
+def ranking_path(path: Path) -> Path:
+    """Where the ranked run of the result stored at ``path`` is kept: beside it, as a gzipped TREC run."""
+    return path.with_suffix(".run.gz")
+
+
+def write_ranking(path: Path, run: Run, tag: str) -> Path:
+    """``run`` (each query's top-k documents and scores) as a gzipped TREC run file, written atomically."""
+    def write(tmp: str) -> None:
+        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as out:
+            for qid in sorted(run):
+                ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))
+                out.writelines(f"{qid}\tQ0\t{doc}\t{rank}\t{score:.7g}\t{tag}\n"
+                               for rank, (doc, score) in enumerate(ranked, 1))
+
+    return atomic_write(path, write)
+
+
+def read_ranking(path: Path) -> Run:
+    """A run ``write_ranking`` wrote; an unreadable file is a ``UserError`` naming it."""
+    run: Run = {}
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                fields_ = line.rstrip("\n").split("\t")
+                if len(fields_) != 6:
+                    raise UserError(f"ranking file {path} line {number}: expected 6 tab-separated TREC columns")
+                run.setdefault(fields_[0], {})[fields_[2]] = float(fields_[4])
+    except (OSError, EOFError, ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"unreadable ranking file {path} ({exc}); re-run its result with --overwrite") from exc
+    return run
 
 
 @dataclass
@@ -124,12 +158,17 @@ class TaskResult:
             raise UserError(f"{where}: result lacks {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def save(self, output_dir: Path) -> Path:
-        """Write atomically to ``result_path``; an older file of the same identity (a migrated one) is removed."""
-        path = atomic_write_json(result_path(output_dir, self.identity), self.to_dict())
+    def save(self, output_dir: Path, run: Run | None = None) -> Path:
+        """Write atomically to ``result_path``, with the ranked ``run`` beside it (written first, so a result is
+        never without the ranking it reports); an older file of the same identity (a migrated one) is removed."""
+        path = result_path(output_dir, self.identity)
+        if run is not None:
+            write_ranking(ranking_path(path), run, slug(self.model_spec))
+        atomic_write_json(path, self.to_dict())
         for other in _same_task_files(output_dir, self.task):
             if other != path and _identity_of(other) == self.identity:
                 other.unlink(missing_ok=True)
+                ranking_path(other).unlink(missing_ok=True)
         return path
 
 

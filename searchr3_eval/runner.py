@@ -17,10 +17,9 @@ from searchr3_eval import __version__, distributed
 from searchr3_eval.cache import EmbeddingCache
 from searchr3_eval.data import MissingTaskData, check_data_dir, RetrievalTask, TaskSource, load_task_source, locate_task, resolve_task_names
 from searchr3_eval.errors import UserError
-from searchr3_eval.metrics import drop_identical_ids, evaluate as score_run
-from searchr3_eval.models import ModelOptions, ModelSpec, Retriever, describe, load_model, parse_model_specs
-from searchr3_eval.retrieval import parse_index
-from searchr3_eval.results import ModelIdentity, TaskResult, find_result, result_identity
+from searchr3_eval.metrics import Run, drop_identical_ids, evaluate as score_run
+from searchr3_eval.models import ModelOptions, ModelSpec, Retriever, describe, index_of, load_model, parse_model_specs
+from searchr3_eval.results import ModelIdentity, TaskResult, find_result, ranking_path, result_identity
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +57,9 @@ def check_writable(folder: Path, what: str, min_free_bytes: int = MIN_FREE_BYTES
 
 
 def evaluate_pair(retriever: Retriever, identity: ModelIdentity, task: RetrievalTask, top_k: int = DEFAULT_TOP_K,
-                  index: str = "flat") -> TaskResult:
-    """Score one retriever on one task; the result carries per-query scores and the run's facts. ``index`` is the
-    canonical name of the dense retriever's index (it enters the result's identity)."""
+                  index: str = "flat") -> tuple[TaskResult, Run]:
+    """Score one retriever on one task: the result (per-query scores and the run's facts) and the ranked run it
+    scored. ``index`` is the canonical name of the dense retriever's index (it enters the result's identity)."""
     if retriever.settings != identity.settings:
         raise RuntimeError(f"{identity.spec}: loaded settings {retriever.settings} differ from {identity.settings}")
     start = time.perf_counter()
@@ -74,7 +73,7 @@ def evaluate_pair(retriever: Retriever, identity: ModelIdentity, task: Retrieval
         timing={"wall_seconds": time.perf_counter() - start, **retriever.search_stats},
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), searchr3_eval_version=__version__,
         index=index,
-    )
+    ), run
 
 
 def evaluate(
@@ -115,7 +114,9 @@ def evaluate(
     check_data_dir(data_dir)
     output_dir = Path(output_dir)
     names = resolve_task_names(tasks if isinstance(tasks, str) else ",".join(tasks), data_dir)
-    specs = parse_model_specs(models if isinstance(models, str) else ",".join(models))
+    named = parse_model_specs(models if isinstance(models, str) else ",".join(models))
+    specs = list(dict.fromkeys(s for spec in named for s in [*spec.members, spec]))  # a fusion's members first
+    ranked_members = {m for spec in specs for m in spec.members}  # their results must keep their rankings
 
     summary = RunSummary()
     sources: list[TaskSource] = []
@@ -126,8 +127,7 @@ def evaluate(
             summary.missing_tasks.append(name)
             echo(f"missing {name}: {exc}")
     identities = {spec: describe(spec, options) for spec in specs}
-    index = parse_index(options.index).name
-    indexes = {spec: index if spec.is_dense else "flat" for spec in specs}
+    indexes = {spec: index_of(spec, options) for spec in specs}
     check_writable(output_dir, "output folder")
     if cache_dir is not None and any(spec.is_dense for spec in specs):
         check_writable(Path(cache_dir), "cache folder")
@@ -138,7 +138,8 @@ def evaluate(
             identity = result_identity(identities[spec], source.name, source.split, source.fingerprint, top_k,
                                        indexes[spec])
             path, previous = find_result(output_dir, identity)
-            previous = None if overwrite else previous
+            if overwrite or (spec in ranked_members and not ranking_path(path).is_file()):
+                previous = None
             if previous is None:
                 todo.setdefault(source, []).append((spec, identity))
             else:
@@ -160,12 +161,12 @@ def evaluate(
             if spec not in loaded:
                 if spec.is_dense and main and cache_dir is not None and cache is None:  # rank 0 reads and writes it
                     cache = EmbeddingCache(Path(cache_dir) / "embeddings.sqlite")
-                loaded[spec] = load_model(spec, options, cache if spec.is_dense else None)
+                loaded[spec] = load_model(spec, options, cache if spec.is_dense else None, output_dir)
             if not main:
                 loaded[spec].search(task, top_k)  # encodes this rank's share; rank 0 scores
                 continue
-            result = evaluate_pair(loaded[spec], identities[spec], task, top_k, indexes[spec])
-            path = result.save(output_dir)
+            result, run = evaluate_pair(loaded[spec], identities[spec], task, top_k, indexes[spec])
+            path = result.save(output_dir, run)
             summary.computed.append(result)
             echo(f"{result.model} on {source.name}: nDCG@10 {result.scores['ndcg_at_10']:.4f} -> {path}")
     distributed.barrier()

@@ -64,7 +64,7 @@ def load_conditions(path: Path | None = None) -> list[Check]:
         raise UserError(f"malformed YAML in {path}: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("conditions"), list):
         raise UserError(f"{path}: expected a mapping with a list of conditions")
-    checks = []
+    checks, names = [], set()
     for number, raw in enumerate(data["conditions"], 1):
         where = f"{path} condition {number}"
         raw = _keys(raw, CONDITION_KEYS, where)
@@ -73,8 +73,9 @@ def load_conditions(path: Path | None = None) -> list[Check]:
             unknown = sorted(set(options) - OPTION_NAMES) if isinstance(options, dict) else options
             raise UserError(f"{where}: unknown options {unknown}; use ModelOptions fields")
         condition = Condition(str(raw["name"]), str(raw["model"]), options)
-        if any(c.condition.name == condition.name for c in checks):
+        if condition.name in names:
             raise UserError(f"{where}: a second condition named {condition.name!r}")
+        names.add(condition.name)
         try:
             condition.model_options().validate()
         except (TypeError, UserError) as exc:

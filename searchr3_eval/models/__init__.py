@@ -17,7 +17,8 @@ from searchr3_eval.cache import EmbeddingCache
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import DenseEncoder, Retriever
 from searchr3_eval.models.bm25 import BM25Retriever, bm25_revision, bm25_settings
-from searchr3_eval.results import ModelIdentity, canonical_spec
+from searchr3_eval.fusion import FusionRetriever, FusionSpec, parse_fusion, split_top_level
+from searchr3_eval.results import ModelIdentity, canonical_spec, identity_key
 from searchr3_eval.retrieval import parse_index
 
 DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2-sft"
@@ -77,7 +78,19 @@ class ModelSpec:
     @property
     def is_dense(self) -> bool:
         """An embedding model: it uses the embedding cache and the dense index."""
-        return self.kind != "bm25"
+        return self.kind not in ("bm25", "fusion")
+
+    @property
+    def fusion(self) -> FusionSpec:
+        return parse_fusion(self.arg)
+
+    @property
+    def members(self) -> list["ModelSpec"]:
+        """A fused spec's members, each after its own members (what must be scored before it); else none."""
+        if self.kind != "fusion":
+            return []
+        specs = [parse_model_spec(m) for m in self.fusion.members]
+        return list(dict.fromkeys(s for member in specs for s in [*member.members, member]))
 
     @property
     def adds_embed_token(self) -> bool:
@@ -88,6 +101,10 @@ def parse_model_spec(text: str) -> ModelSpec:
     """A spec in its canonical form (``results.canonical_spec``), so one model named two ways is one identity."""
     if text == "bm25":
         return ModelSpec(text, "bm25", "")
+    if text.startswith("fusion:"):
+        fusion = parse_fusion(text.removeprefix("fusion:"))
+        canonical = fusion.text([parse_model_spec(m).text for m in fusion.members])
+        return ModelSpec(canonical, "fusion", canonical.removeprefix("fusion:"))
     kind, sep, arg = text.partition(":")
     if sep and kind in ("st", "searchr3", "basellm") and not arg:
         raise UserError(f"model spec {text!r} needs a name or path after the colon")
@@ -98,7 +115,7 @@ def parse_model_spec(text: str) -> ModelSpec:
 
 def parse_model_specs(spec: str) -> list[ModelSpec]:
     """A comma list of specs; a spec given twice runs once."""
-    specs = list(dict.fromkeys(parse_model_spec(s.strip()) for s in spec.split(",") if s.strip()))
+    specs = list(dict.fromkeys(parse_model_spec(s.strip()) for s in split_top_level(spec) if s.strip()))
     if not specs:
         raise UserError("no model given")
     return specs
@@ -115,6 +132,12 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
     """The spec's identity: weights revision (a content hash) and every setting that changes its output."""
     if spec.kind == "bm25":
         return ModelIdentity(spec.text, bm25_revision(), bm25_settings())
+    if spec.kind == "fusion":
+        members = [(describe(m, options), index_of(m, options)) for m in map(parse_model_spec, spec.fusion.members)]
+        described = [{**m.as_dict(), **({"index": i} if i != "flat" else {})} for m, i in members]
+        params = {"k": spec.fusion.k} if spec.fusion.method == "rrf" else {"weights": list(spec.fusion.weights)}
+        return ModelIdentity(spec.text, identity_key({"members": described}),
+                             {"method": spec.fusion.method, **params, "members": described})
     if spec.kind == "st":
         from searchr3_eval.models.sentence_transformer import model_revision, st_settings
 
@@ -131,7 +154,14 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
     return ModelIdentity(spec.text, revision, settings)
 
 
-def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | None) -> Retriever:
+def index_of(spec: ModelSpec, options: ModelOptions) -> str:
+    """The canonical name of the index a spec searches with (dense models: ``--index``; others flat)."""
+    return parse_index(options.index).name if spec.is_dense else "flat"
+
+
+def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | None,
+               results_dir: Path | None = None) -> Retriever:
+    """The retriever of ``spec``; a fused spec reads its members' rankings from ``results_dir``."""
     from searchr3_eval.models.llm import resolve_device
 
     device = resolve_device(options.device)
@@ -140,6 +170,9 @@ def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | N
               "memmap_dir": options.memmap_dir}
     if spec.kind == "bm25":
         return BM25Retriever(show_progress=options.show_progress)
+    if spec.kind == "fusion":
+        members = [(describe(m, options), index_of(m, options)) for m in map(parse_model_spec, spec.fusion.members)]
+        return FusionRetriever(spec.fusion, describe(spec, options), members, Path(results_dir or "results"))
     if spec.kind == "searchr3":
         from searchr3_eval.models.searchr3 import SearchR3Encoder
 
