@@ -10,6 +10,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from pathlib import Path
 
+from searchr3_eval.atomic import atomic_write_text
 from searchr3_eval.errors import UserError
 from searchr3_eval.memory import configure_command_line
 
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(randomisation test); default t")
     report.add_argument("--correction", default="bh", help="over the model x task grid: bh (Benjamini-Hochberg) or "
                         "none; default bh")
+
+    page = sub.add_parser("page", allow_abbrev=False, help="generate the results page (README.md) from page.yaml")
+    page.add_argument("--results-dir", type=Path, default=DEFAULT_OUTPUT, help="default results")
+    page.add_argument("--spec", type=Path, help="page spec (default <results-dir>/page.yaml)")
 
     verify = sub.add_parser("verify", allow_abbrev=False,
                             help="re-run the reproducible conditions and print a pass/fail matrix")
@@ -147,7 +152,9 @@ def command_verify(args: argparse.Namespace) -> int:
     checks = verify(args.data_dir, args.conditions, names=args.models, tasks=args.tasks, fast=args.fast,
                     output_dir=args.output_dir, cache_dir=args.cache_dir or default_cache_dir(),
                     show_progress=not args.quiet)
-    print(format_matrix(checks))
+    matrix = format_matrix(checks)
+    print(matrix)
+    atomic_write_text(args.output_dir / "matrix.md", matrix + "\n")  # the results page includes it
     return 0 if all(c.passed for c in checks) else 1
 
 
@@ -193,6 +200,11 @@ def run_command(argv: list[str]) -> int:
             return 0
         if args.command == "verify":
             return command_verify(args)
+        if args.command == "page":
+            from searchr3_eval.page import write_page
+
+            print(f"wrote {write_page(args.results_dir, args.spec)}")
+            return 0
         if args.command == "tasks":
             return command_tasks(args)
         from trainer.cli import run_stage

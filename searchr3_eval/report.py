@@ -77,7 +77,7 @@ class Table:
     significance: Significance = field(default_factory=Significance)
 
 
-def _key(data: dict[str, Any]) -> str:
+def identity_json(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True)
 
 
@@ -99,7 +99,7 @@ def _short(value: Any, width: int = 32) -> str:
 
 def row_labels(results: list[TaskResult]) -> dict[str, str]:
     """Model identity -> a unique label: the display name, plus the fields that differ among rows sharing it."""
-    identities = {_key(r.model_identity): r for r in results}
+    identities = {identity_json(r.model_identity): r for r in results}
     by_name: dict[str, list[str]] = defaultdict(list)
     for key, r in identities.items():
         by_name[r.model].append(key)
@@ -111,10 +111,19 @@ def row_labels(results: list[TaskResult]) -> dict[str, str]:
         flat = {k: _flatten({"spec": identities[k].model_spec, **{
             f: v for f, v in identities[k].model_identity.items() if f != "model_spec"}}) for k in keys}
         fields_ = sorted({f for d in flat.values() for f in d})
-        differing = [f for f in fields_ if len({_key({"v": d.get(f)}) for d in flat.values()}) > 1]
-        for k in keys:  # a setting a row does not have (e.g. generation settings with reasoning off) is left out
-            parts = [f"{f.removeprefix('settings.')}={_short(flat[k][f])}" for f in differing if f in flat[k]]
-            labels[k] = f"{name} [" + (", ".join(parts) or "without " + differing[0].removeprefix("settings.")) + "]"
+        differing = [f for f in fields_ if len({identity_json({"v": d.get(f)}) for d in flat.values()}) > 1]
+        # shortest first: the fields whose values differ among the rows that have them (e.g. reasoning=on/off), not
+        # those only some rows have with one value (generation settings with reasoning on); all when that is ambiguous
+        valued = [f for f in differing if len({identity_json({"v": d[f]}) for d in flat.values() if f in d}) > 1]
+        for shown in ([valued] if valued else []) + [differing]:
+            # a setting a row does not have (e.g. generation settings with reasoning off) is left out
+            parts = {k: [f"{f.removeprefix('settings.')}={_short(flat[k][f])}" for f in shown if f in flat[k]]
+                     for k in keys}
+            candidate = {k: f"{name} [" + (", ".join(p) or "without " + shown[0].removeprefix("settings.")) + "]"
+                         for k, p in parts.items()}
+            if len(set(candidate.values())) == len(keys):
+                break
+        labels.update(candidate)
     return labels
 
 
@@ -171,7 +180,7 @@ def table(results: list[TaskResult], metric: str = MAIN_METRIC, baseline: str | 
     rows: dict[str, Row] = {}
     per_query: dict[tuple[str, str], dict[str, float]] = {}
     for r in results:
-        key, column = _key(r.model_identity), cols[(r.task, r.split, r.task_fingerprint)]
+        key, column = identity_json(r.model_identity), cols[(r.task, r.split, r.task_fingerprint)]
         row = rows.setdefault(key, Row(labels[key], r.model_spec))
         row.cells[column.label] = r.scores[metric]
         per_query[(key, column.label)] = r.per_query.get(metric, {})
@@ -201,7 +210,7 @@ def table(results: list[TaskResult], metric: str = MAIN_METRIC, baseline: str | 
     return Table(metric, order, ranked, rows[base_key].label if base_key else None, significance)
 
 
-def _fmt(value: float | None) -> str:
+def format_score(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
@@ -220,16 +229,16 @@ def markdown(results: list[TaskResult], baseline: str | None = None,
         parts += [f"## {METRIC_TITLES[metric]}", "", "| " + " | ".join(["Model", *t.columns, "Average"]) + " |",
                   "|" + "---|" * (len(t.columns) + 2)]
         for row in t.rows:
-            cells = [_fmt(row.cells.get(c)) + (MARK if row.significant.get(c) else "") for c in t.columns]
-            parts.append("| " + " | ".join([row.label, *cells, _fmt(row.average)]) + " |")
+            cells = [format_score(row.cells.get(c)) + (MARK if row.significant.get(c) else "") for c in t.columns]
+            parts.append("| " + " | ".join([row.label, *cells, format_score(row.average)]) + " |")
         parts.append("")
     labels = row_labels(results)
     parts += ["## Runs", "", "| Model | Task | Split | Documents | Queries | Docs/s | Wall s | Revision |",
               "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(results, key=lambda r: (labels[_key(r.model_identity)], r.task, r.split)):
+    for r in sorted(results, key=lambda r: (labels[identity_json(r.model_identity)], r.task, r.split)):
         dps = r.timing.get("docs_per_second")
         parts.append(
-            f"| {labels[_key(r.model_identity)]} | {r.task} | {r.split} | {r.num_documents} | {r.num_queries} | "
+            f"| {labels[identity_json(r.model_identity)]} | {r.task} | {r.split} | {r.num_documents} | {r.num_queries} | "
             f"{'' if dps is None else f'{dps:.1f}'} | {r.timing.get('wall_seconds', 0.0):.1f} | {r.revision} |"
         )
     return "\n".join(parts) + "\n"

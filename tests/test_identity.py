@@ -70,7 +70,10 @@ def test_rows_are_labelled_without_null_for_settings_a_row_does_not_have(tiny_mo
     assert main(searchr3_args(tiny_model_dir, data_dir, out, "--reasoning", "on", "--max-new-tokens", "4")) == 0
     labels = [row.label for row in table(load_results(out)).rows]
     assert len(labels) == 2 and not any("null" in label for label in labels)
-    assert any("reasoning=off" in label for label in labels) and any("max_new_tokens=4" in label for label in labels)
+    assert sorted(label.split(" [")[1] for label in labels) == ["reasoning=off]", "reasoning=on]"]  # short, telling
+    assert main(searchr3_args(tiny_model_dir, data_dir, out, "--reasoning", "on", "--max-new-tokens", "6")) == 0
+    labels = [row.label for row in table(load_results(out)).rows]
+    assert len(set(labels)) == 3 and any("max_new_tokens=6" in label for label in labels)
 
 
 def test_one_model_named_two_ways_is_one_spec(data_dir, tmp_path):
