@@ -22,7 +22,7 @@ import torch
 
 from searchr3_eval.atomic import atomic_write_json
 from trainer.config import RLConfig
-from trainer.rl import GRPOTrainer, beir_training_set
+from trainer.rl import RetrievalGRPO, beir_training_set
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
                    max_length=args.max_document_length, max_document_length=args.max_document_length, group_size=4,
                    max_new_tokens=32, batch_size=4, top_k=10, refresh_every=args.refresh_every, rank_band=args.rank_band,
                    learning_rate=1e-4)
-    trainer = GRPOTrainer(cfg, triples, corpus)
+    trainer = RetrievalGRPO(cfg, triples, corpus)
     rng = np.random.default_rng(0)
     steps = []
     for step in range(1, args.steps + 1):

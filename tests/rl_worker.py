@@ -12,7 +12,7 @@ import torch
 
 from searchr3_eval import distributed
 from trainer.config import RLConfig
-from trainer.rl import GRPOTrainer, beir_training_set
+from trainer.rl import RetrievalGRPO, beir_training_set
 
 model_dir, data_dir, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 name = sys.argv[4] if len(sys.argv) > 4 else ""
@@ -22,7 +22,7 @@ triples, corpus = beir_training_set(data_dir / "MiniGSM", "test")
 cfg = RLConfig(model=model_dir, output_dir=str(out), group_size=2, max_new_tokens=6, batch_size=4, max_length=200,
                lora=True, train_layers=None if "all-layers" in name else 1, refresh_every=8, top_k=3, learning_rate=1e-2,
                mixed_precision="no", batch_tokens=512 if "all-layers" in name else 4096)  # ranks run unequal chunks
-trainer = GRPOTrainer(cfg, triples, corpus)
+trainer = RetrievalGRPO(cfg, triples, corpus)
 np.save(out / f"index-start{name}-{size}-{rank}.npy", trainer.env.embeddings)
 steps = []
 for step in range(2):

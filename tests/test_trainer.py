@@ -15,7 +15,7 @@ from trainer.data import Triple, load_triples, mine_bm25_triples, write_triples
 from trainer.environment import RetrievalEnvironment, overlap_at_k
 from trainer.losses import info_nce, triplet
 from trainer.modeling import Policy
-from trainer.rl import GRPOTrainer
+from trainer.rl import RetrievalGRPO
 from trainer.sft import heldout_infonce, train_sft
 
 WORDS = ["apple", "river", "violin", "carbon", "tiger", "pencil", "harbor", "planet", "candle", "garden",
@@ -216,6 +216,22 @@ def test_rank_band_refresh_gives_the_positives_rank_in_a_fresh_index():
     assert max(refreshed.values()) < 1000
 
 
+@pytest.mark.parametrize("kl_beta, ppo_epochs, forwards", [(0.0, 1, 1), (0.02, 1, 2), (0.0, 2, 3), (0.02, 2, 4)])
+def test_grpo_update_skips_the_reference_and_old_forwards_it_does_not_need(tiny_model_dir, tmp_path, kl_beta,
+                                                                           ppo_epochs, forwards):
+    triples = [Triple(f"query {i} about eggs", f"document {i} about eggs and ducks", []) for i in range(4)]
+    cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), group_size=2, max_new_tokens=4,
+                   max_length=200, kl_beta=kl_beta, ppo_epochs=ppo_epochs, mixed_precision="no")
+    trainer = RetrievalGRPO(cfg, triples)
+    rollouts = trainer.rollout([t.query for t in triples[:2]], cfg.group_size, torch.Generator().manual_seed(0))
+    calls = []
+    forward = trainer.policy.forward
+    trainer.policy.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+    update = trainer.update(rollouts, np.array([1.0, 0.0, 0.5, 0.25]))
+    assert len(calls) == forwards and np.isfinite(update["loss"])
+    assert (update["kl"] > 0) == (kl_beta > 0 and ppo_epochs > 1)  # the first epoch's policy is the reference
+
+
 def test_grpo_update_favours_the_rollouts_that_rank_the_positive_higher(tiny_model_dir, tmp_path):
     """With the format reward off the reward is the positive's reciprocal rank alone; one GRPO update must raise the
     log-probability of the rollouts whose embeddings ranked the positive above their group's mean, and lower the rest.
@@ -224,15 +240,15 @@ def test_grpo_update_favours_the_rollouts_that_rank_the_positive_higher(tiny_mod
     triples = keyword_triples(3, 8)
     cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), group_size=8, max_new_tokens=12,
                    learning_rate=1e-3, format_reward=0.0, max_length=200, kl_beta=0.0, mixed_precision="no")
-    trainer = GRPOTrainer(cfg, triples)
+    trainer = RetrievalGRPO(cfg, triples)
     rollouts = trainer.rollout([t.query for t in triples[:4]], cfg.group_size, torch.Generator().manual_seed(0))
     rewards, reciprocal = trainer.rewards(rollouts, [p for p in trainer.positive_ids[:4] for _ in range(cfg.group_size)])
     np.testing.assert_array_equal(rewards, reciprocal)  # nothing from the format reward
     with torch.no_grad():
-        before = trainer.action_logprobs(rollouts, trainer.policy.model).sum(1)
+        before = trainer.action_logprobs(rollouts, trainer.policy.model)[0].sum(1)
     trainer.update(rollouts, rewards)
     with torch.no_grad():
-        change = (trainer.action_logprobs(rollouts, trainer.policy.model).sum(1) - before).numpy()
+        change = (trainer.action_logprobs(rollouts, trainer.policy.model)[0].sum(1) - before).numpy()
     grouped = rewards.reshape(4, cfg.group_size)
     advantage = (grouped - grouped.mean(1, keepdims=True)).reshape(-1)
     informative = advantage != 0
@@ -468,7 +484,7 @@ def test_rl_over_a_beir_corpus_caches_only_the_documents_lower_layers(tiny_model
     cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), beir_dir=str(data_dir / "MiniGSM"),
                    group_size=2, max_new_tokens=6, batch_size=2, steps=2, max_length=200, lora=True, train_layers=1,
                    refresh_every=8, top_k=3)
-    trainer = GRPOTrainer(cfg, triples, corpus)
+    trainer = RetrievalGRPO(cfg, triples, corpus)
     documents = len(trainer.policy.lower_cache.states)
     assert documents == len(set(corpus.doc_texts))  # the whole index was built through the cache
     log = trainer.step(triples[:2], corpus.positive_ids[:2])
@@ -539,12 +555,12 @@ def test_rl_resumes_from_its_checkpoint_with_the_index_and_matches_an_uninterrup
     a, b = (load_file(str(tmp_path / f / "final" / "adapter_model.safetensors")) for f in ("whole", "split"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     # the resumed trainer starts with the documents' lower-layer states: its refreshes run only the trained layer
-    from trainer.rl import GRPOTrainer, training_set
+    from trainer.rl import RetrievalGRPO, training_set
     from trainer.sft import load_checkpoint
 
     cfg, cache_file = config("split", 4), tmp_path / "split" / "lower_cache.0-of-1.pt"
     triples, corpus = training_set(cfg)
-    resumed_trainer = GRPOTrainer(cfg, triples, corpus, load_checkpoint(tmp_path / "split" / "checkpoint"), cache_file)
+    resumed_trainer = RetrievalGRPO(cfg, triples, corpus, load_checkpoint(tmp_path / "split" / "checkpoint"), cache_file)
     assert len(resumed_trainer.policy.lower_cache.states) >= len(corpus.doc_ids) == 40
 
 

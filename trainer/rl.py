@@ -83,7 +83,12 @@ def training_set(cfg: RLConfig) -> tuple[list[Triple], Corpus]:
     return triples, Corpus(*corpus_from_triples(triples))
 
 
-class GRPOTrainer:
+class RetrievalGRPO:
+    """GRPO against a retrieval environment: rollouts are analyses ending at the embed token, rewarded by the rank of
+    the positive among the environment's corpus (this project's trainer, not TRL's ``GRPOTrainer``; the options keep
+    their own names: ``group_size`` is TRL's ``num_generations``, ``kl_beta`` its ``beta``, ``ppo_epochs`` its
+    ``num_iterations``, ``clip_eps`` its ``epsilon``)."""
+
     def __init__(self, cfg: RLConfig, triples: list[Triple], corpus: Corpus | None = None, checkpoint: dict | None = None,
                  lower_cache_file: Path | None = None):
         """``checkpoint`` (a saved ``state.pt``) resumes: weights, optimiser, the index and the sampling RNG (a
@@ -161,8 +166,9 @@ class GRPOTrainer:
         reciprocal = 1.0 / self.env.ranks(rollouts.embeddings, positive_ids)
         return reciprocal + self.cfg.format_reward * np.array(rollouts.emitted, dtype=np.float64), reciprocal
 
-    def action_logprobs(self, rollouts: Rollouts, model) -> torch.Tensor:
-        """Per-token log-probabilities of the actions, [B, A] with zeros where there is no token."""
+    def action_logprobs(self, rollouts: Rollouts, model) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probabilities of the actions, [B, A] with zeros where there is no token, and the mask of
+        the generated tokens (a token whose log-probability is exactly 0 is still one)."""
         sequences = [p + a for p, a in zip(rollouts.prompts, rollouts.actions)]
         out = self.policy.forward(sequences, model, keep_lower=False)
         span = self.policy.last_tokens_mask(sequences, [len(a) for a in rollouts.actions])
@@ -170,7 +176,7 @@ class GRPOTrainer:
         chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
         result = torch.zeros(span.shape, dtype=chosen.dtype, device=chosen.device)
         result[:, 1:][span[:, 1:]] = chosen
-        return result[:, 1:]
+        return result[:, 1:], span[:, 1:].to(chosen.dtype)
 
     def step(self, batch: list[Triple], positive_ids: list[str], audit: bool = False) -> dict:
         """One GRPO step on this process's share of the batch; every process refreshes the same index rows (those
@@ -206,17 +212,23 @@ class GRPOTrainer:
         advantages = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, keepdims=True) + 1e-4)
         device = self.policy.model.device
         advantages = torch.tensor(advantages.reshape(-1), dtype=torch.float32, device=device)[:, None]
+        # as TRL's GRPOTrainer: no reference forward when the KL term is off, and with one policy epoch no separate
+        # forward for the old log-probabilities (they are the new ones, detached: the ratio is 1, its gradient is not)
+        old = ref = None
         with torch.no_grad():
-            old = self.action_logprobs(rollouts, self.policy.model)
-            with self.policy.reference_model() as reference:
-                ref = self.action_logprobs(rollouts, reference)
-        mask = (old != 0).float()
+            if cfg.ppo_epochs > 1:
+                old, _ = self.action_logprobs(rollouts, self.policy.model)
+            if cfg.kl_beta > 0:
+                with self.policy.reference_model() as reference:
+                    ref, _ = self.action_logprobs(rollouts, reference)
         self.policy.model.train()
         for _ in range(cfg.ppo_epochs):
-            new = self.action_logprobs(rollouts, self.policy.model)
+            new, mask = self.action_logprobs(rollouts, self.policy.model)
+            if old is None:
+                old = new.detach()
             ratio = (new - old).exp()
             surrogate = torch.min(ratio * advantages, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * advantages)
-            kl = (ref - new).exp() - (ref - new) - 1
+            kl = (ref - new).exp() - (ref - new) - 1 if ref is not None else torch.zeros_like(new)
             per_token = -(surrogate - cfg.kl_beta * kl) * mask
             loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
             require_finite(loss, "rl update")
@@ -285,7 +297,7 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     checkpoint = load_checkpoint(out / "checkpoint")  # resume: no corpus re-encode
     # each process caches the lower layers of the documents it encodes (its share of the corpus)
-    trainer = GRPOTrainer(cfg, triples, corpus, checkpoint, out / f"lower_cache.{rank}-of-{size}.pt")
+    trainer = RetrievalGRPO(cfg, triples, corpus, checkpoint, out / f"lower_cache.{rank}-of-{size}.pt")
     first = checkpoint["step"] if checkpoint else 0
     log = CSVLog(out / "rl_log.csv", COLUMNS) if main else None
     if log is not None:
