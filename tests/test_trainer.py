@@ -97,6 +97,46 @@ def test_sft_lowers_heldout_contrastive_loss_and_resumes(tiny_model_dir, tmp_pat
     assert len((tmp_path / "out" / "loss_log.csv").read_text().splitlines()) == 33
 
 
+def test_sft_schedule_and_clipping_are_logged_resume_exactly_and_an_edited_config_is_refused(tiny_model_dir, tmp_path,
+                                                                                             monkeypatch):
+    import trainer.sft as sft
+
+    write_triples(tmp_path / "train.jsonl", keyword_triples(1, 64))
+
+    def config(out: str, **changes) -> SFTConfig:
+        return SFTConfig(**{**dict(model=str(tiny_model_dir), output_dir=str(tmp_path / out), train_file=str(tmp_path / "train.jsonl"),
+                         learning_rate=1e-2, batch_size=16, max_steps=10, save_every=5, temperature=0.1, max_length=160,
+                         mixed_precision="no", lr_schedule="cosine", warmup_steps=3, max_grad_norm=0.5), **changes})
+
+    def log(out: str) -> list[dict]:
+        return list(csv.DictReader(open(tmp_path / out / "loss_log.csv")))
+
+    train_sft(config("whole"), show_progress=False)
+    rows = log("whole")
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[:4] == pytest.approx([0.0, 1e-2 / 3, 2e-2 / 3, 1e-2]) and 0 < lrs[-1] < lrs[4] < 1e-2
+    assert all(float(r["grad_norm"]) > 0 for r in rows) and max(float(r["grad_norm"]) for r in rows) > 0.5  # pre-clip
+    calls, real = [], sft.clip_and_step
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(sft, "clip_and_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(config("resumed"), show_progress=False)
+    monkeypatch.setattr(sft, "clip_and_step", real)
+    train_sft(config("resumed"), show_progress=False)  # from the step-5 checkpoint
+    assert [r["total"] for r in log("resumed")] == pytest.approx([r["total"] for r in rows], rel=1e-5)
+    assert [r["lr"] for r in log("resumed")] == [r["lr"] for r in rows]
+    with pytest.raises(UserError, match=r"written with another config \(learning_rate: 0.01 -> 0.02\)"):
+        train_sft(config("resumed", learning_rate=2e-2, max_steps=12), show_progress=False)
+    train_sft(config("resumed", max_steps=12), show_progress=False)  # a longer run may resume
+    assert len(log("resumed")) == 12
+
+
 def test_sft_resumes_a_checkpoint_written_before_checkpoints_were_gathered(tiny_model_dir, tmp_path):
     """A checkpoint of ``state_dict()``s (optimiser state by position) resumes with its weights and optimiser state."""
     write_triples(tmp_path / "train.jsonl", keyword_triples(1, 32))
@@ -266,7 +306,9 @@ def test_config_values_are_type_checked(tmp_path):
                          ("weights: {kl: lots}", "weights.kl must be float"), ("grad_accum: 0", "grad_accum must be at least 1"),
                          ("learning_rate: -1.0", "learning_rate must be greater than 0, not -1.0"),
                          ("temperature: 0", "temperature must be greater than 0, not 0.0"),
-                         ("weights: {kl: -0.5}", "weights.kl must be at least 0")]:
+                         ("weights: {kl: -0.5}", "weights.kl must be at least 0"),
+                         ("lr_schedule: step", "lr_schedule must be one of constant, linear, cosine"),
+                         ("max_grad_norm: 0", "max_grad_norm must be greater than 0")]:
         path.write_text(f"model: m\noutput_dir: o\n{bad}\n")
         with pytest.raises(UserError, match=f"{path}: {message}"):
             load_config(path, SFTConfig)

@@ -38,6 +38,9 @@ class RunConfig:
     device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
     prompts: str | None = None  # prompt preset (searchr3_eval PROMPT_PRESETS); default: the starting adapter's, else paper
     batch_tokens: int = 4096  # padded tokens per forward chunk (SFT batches, the RL environment's encoding): longest first
+    lr_schedule: str = "constant"  # constant, linear or cosine (decay to 0 over the run), after warmup_steps
+    warmup_steps: int = 0  # the learning rate rises linearly from 0 over these steps
+    max_grad_norm: float | None = None  # clip the gradients' global norm to this (none: no clipping; the norm is logged)
 
 
 @dataclass(kw_only=True)
@@ -109,13 +112,14 @@ class RLConfig(RunConfig):
 
 T = TypeVar("T")
 CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "attn_implementation": ("auto", "eager", "sdpa"),
-           "dtype": ("float32", "bfloat16")}
+           "dtype": ("float32", "bfloat16"), "lr_schedule": ("constant", "linear", "cosine")}
 POSITIVE = {"max_query_length", "max_document_length", "batch_size", "grad_accum", "epochs", "max_steps", "group_size", "steps", "max_length", "save_every",
             "refresh_every", "top_k", "lora_r", "train_layers", "eval_every", "batch_tokens", "max_new_tokens", "ppo_epochs",
             "max_positives"}
 # value ranges checked before anything loads: (test, what the message says it must be)
 RANGES = {
-    **dict.fromkeys(("learning_rate", "temperature", "clip_eps"), (lambda v: v > 0, "greater than 0")),
+    **dict.fromkeys(("learning_rate", "temperature", "clip_eps", "max_grad_norm"), (lambda v: v > 0, "greater than 0")),
+    "warmup_steps": (lambda v: v >= 0, "at least 0"),
     **dict.fromkeys(("margin", "kl_beta", "rank_band", "drift_band", "audit_noise", "sft", "kl", "infonce", "triplet"),
                     (lambda v: v >= 0, "at least 0")),
     "heldout_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -177,7 +181,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
             raise UserError(f"{prefix}{key} must be at least 1, not {values[key]}")
     for key in RANGES.keys() & set(values):
         test, allowed = RANGES[key]
-        if not test(values[key]):
+        if values[key] is not None and not test(values[key]):
             raise UserError(f"{prefix}{key} must be {allowed}, not {values[key]}")
     try:
         return cls(**values)

@@ -29,10 +29,11 @@ from trainer.environment import RetrievalEnvironment, agreement_with_fresh_index
 from trainer.logging_utils import CSVLog, plot_log
 from trainer.losses import require_finite
 from trainer.modeling import Policy
-from trainer.sft import load_checkpoint, save_checkpoint
+from trainer.optim import check_resumed_config, clip_and_step, make_optimizer
+from trainer.sft import load_checkpoint, load_schedule, run_state, save_checkpoint
 
 COLUMNS = ["step", "mean_reward", "mean_rr", "format_rate", "loss", "kl", "refreshed_docs", "refresh_seconds",
-           "rollout_seconds", "tokens_per_second"]
+           "rollout_seconds", "tokens_per_second", "lr", "grad_norm"]
 
 
 @dataclass
@@ -103,9 +104,11 @@ class RetrievalGRPO:
         if (plugin := sharding.fsdp_plugin()) is not None:
             self.policy.shard(plugin)
         self.trainable = [p for p in self.policy.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.learning_rate)
+        self.optimizer, self.scheduler = make_optimizer(self.trainable, cfg, cfg.learning_rate, cfg.steps * cfg.ppo_epochs)
         if checkpoint:
+            check_resumed_config(checkpoint.get("config"), cfg, f"{cfg.output_dir}/checkpoint")
             sharding.load_training_state(self.policy.model, self.optimizer, checkpoint["model"], checkpoint["optimizer"])
+            load_schedule(self.scheduler, checkpoint, checkpoint["step"] * cfg.ppo_epochs)
             if self.policy.lower_cache is not None and lower_cache_file is not None and lower_cache_file.exists():
                 self.policy.lower_cache.load(lower_cache_file)
                 self.lower_states_saved = len(self.policy.lower_cache.states)
@@ -234,9 +237,8 @@ class RetrievalGRPO:
             require_finite(loss, "rl update")
             loss.backward()
             self.policy.average_gradients(self.trainable)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": float(loss.item()), "kl": float(((kl * mask).sum() / mask.sum().clamp(min=1)).item())}
+            stepped = clip_and_step(self.trainable, self.optimizer, self.scheduler, cfg.max_grad_norm)
+        return {"loss": float(loss.item()), "kl": float(((kl * mask).sum() / mask.sum().clamp(min=1)).item()), **stepped}
 
     def audit_index(self, steps: list[dict], queries: int, seed: int = 0) -> dict:
         """Refresh cost per step against a full re-encode and a full refresh; agreement with a freshly encoded index
@@ -320,7 +322,8 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
             log.append({"step": step + 1, **steps[-1]})
         if saving:
             save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint",
-                            {"environment": trainer.env.state(), "rng": torch.get_rng_state(), "steps": steps,
+                            {**run_state(cfg, trainer.scheduler), "environment": trainer.env.state(),
+                             "rng": torch.get_rng_state(), "steps": steps,
                              "reward_audits": trainer.reward_audits, "full_refresh_seconds": trainer.full_refresh_seconds})
     audited = cfg.audit_queries or trainer.reward_audits
     audit = trainer.audit_index(steps, cfg.audit_queries) if audited else None  # every process encodes

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,8 +21,9 @@ from trainer.data import Triple, load_triples, mine_bm25_triples
 from trainer.logging_utils import CSVLog, plot_log
 from trainer.losses import answer_cross_entropy, info_nce, require_finite, token_kl, triplet
 from trainer.modeling import Policy
+from trainer.optim import check_resumed_config, clip_and_step, config_state, make_optimizer
 
-COLUMNS = ["step", "total", "sft", "kl", "infonce", "triplet", "tokens_per_second"]
+COLUMNS = ["step", "total", "sft", "kl", "infonce", "triplet", "tokens_per_second", "lr", "grad_norm"]
 
 
 def training_triples(cfg: SFTConfig) -> list[Triple]:
@@ -109,6 +111,22 @@ def save_checkpoint(policy: Policy, optimizer, step: int, folder: Path, extra: d
         atomic_write_folder(folder, lambda tmp: torch.save(state, tmp / "state.pt"))
 
 
+def run_state(cfg, scheduler) -> dict:
+    """What a checkpoint keeps besides weights and optimiser: the config it was trained with and the schedule."""
+    return {"config": config_state(cfg), "scheduler": scheduler.state_dict()}
+
+
+def load_schedule(scheduler, state: dict, step: int) -> None:
+    """The schedule as the checkpoint left it (one written before schedules were kept: advanced ``step`` times)."""
+    if "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
+    else:
+        with warnings.catch_warnings():  # stepping a schedule without an optimiser step is what is meant here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                scheduler.step()
+
+
 def load_checkpoint(folder: Path) -> dict | None:
     """The state ``save_checkpoint`` wrote to ``folder``, or None when there is none."""
     path = folder / "state.pt"
@@ -134,12 +152,14 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     if plugin is not None:
         policy.shard(plugin)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size) / cfg.grad_accum)
+    optimizer, scheduler = make_optimizer(trainable, cfg, cfg.learning_rate, total_steps)
     checkpoint = out / "checkpoint"
     step = 0
     if (state := load_checkpoint(checkpoint)) is not None:
+        check_resumed_config(state.get("config"), cfg, str(checkpoint))
         sharding.load_training_state(policy.model, optimizer, state["model"], state["optimizer"])
+        load_schedule(scheduler, state, state["step"])
         step = state["step"]
     # every process evaluates (the same pairs, so a sharded model runs the same layers on each); process 0 logs
     heldout = load_triples(cfg.eval_file) if cfg.eval_file else None
@@ -164,19 +184,18 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
         policy.average_gradients(trainable)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        stepped = clip_and_step(trainable, optimizer, scheduler, cfg.max_grad_norm)
         sums = distributed.mean_across_ranks({**sums, "tokens": tokens})
         tokens_per_second = sums.pop("tokens") * size / (time.perf_counter() - start)
         if main:
-            log.append({"step": step + 1, **sums, "tokens_per_second": tokens_per_second})
+            log.append({"step": step + 1, **sums, "tokens_per_second": tokens_per_second, **stepped})
         if heldout and ((step + 1) % (cfg.eval_every or total_steps) == 0 or step + 1 == total_steps):
             _evaluate_and_keep_best(policy, heldout, cfg, step + 1, evals, out / "final")
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save_checkpoint(policy, optimizer, step + 1, checkpoint)
+            save_checkpoint(policy, optimizer, step + 1, checkpoint, run_state(cfg, scheduler))
         distributed.barrier()
     summary = {"steps": total_steps, "model": str(out / "final"), "log": str(out / "loss_log.csv")}
-    save_checkpoint(policy, optimizer, total_steps, checkpoint)
+    save_checkpoint(policy, optimizer, total_steps, checkpoint, run_state(cfg, scheduler))
     if not heldout:
         policy.save(out / "final")
     if not main:
