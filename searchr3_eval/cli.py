@@ -5,9 +5,10 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import fields
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from searchr3_eval.atomic import atomic_write_text
@@ -173,6 +174,16 @@ def command_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def plugin_command(name: str) -> Callable:
+    """A subcommand an installed package registers in the entry-point group ``searchr3_eval.commands`` (the trainer
+    registers ``train``), so the library itself never imports the trainer."""
+    found = entry_points(group="searchr3_eval.commands", name=name)
+    if not found:
+        raise UserError(f"'{name}' is provided by the trainer, which is not installed here (pip install -e . from the "
+                        "repository)")
+    return next(iter(found)).load()
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run from the shell: long encodes and training steps need an allocator that reuses memory
         configure_command_line()
@@ -207,9 +218,7 @@ def run_command(argv: list[str]) -> int:
             return 0
         if args.command == "tasks":
             return command_tasks(args)
-        from trainer.cli import run_stage
-
-        return run_stage(args.stage, args.config)
+        return plugin_command("train")(args.stage, args.config)
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -118,3 +118,17 @@ def test_a_library_message_over_several_lines_is_one_error_line(tmp_path):
     proc = run_cli("train", "sft", "--config", str(config), env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "could not load causal LM" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_library_never_imports_the_trainer():
+    """``searchr3-eval train`` finds the trainer by its entry point; importing every module of the library and running
+    a command leaves ``trainer`` unimported."""
+    code = ("import pkgutil, importlib, sys, searchr3_eval\n"
+            "for m in pkgutil.walk_packages(searchr3_eval.__path__, 'searchr3_eval.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "from searchr3_eval.cli import main\n"
+            "main(['tasks'])\n"
+            "print(sorted(m for m in sys.modules if m == 'trainer' or m.startswith('trainer.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
