@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Search-R3 reasoning: off, on (queries reason), all (queries and documents)")
     run.add_argument("--max-length", type=int, default=d.max_length)
     run.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    run.add_argument("--reasoning-samples", type=int, default=d.reasoning_samples,
+                     help="analyses per reasoning text: 1 (greedy) or K sampled, their embeddings averaged")
+    run.add_argument("--reasoning-temperature", type=float, default=d.reasoning_temperature,
+                     help="sampling temperature when --reasoning-samples > 1")
     run.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=d.dtype,
                      help="LLM weights and compute; auto: bfloat16 where the CPU/GPU has native bf16, else float32")
     run.add_argument("--backend", choices=["transformers", "vllm"], default=d.backend)

@@ -100,6 +100,36 @@ def test_reasoning_text_is_generated_and_cached(tiny_model_dir, tmp_path):
     assert enc.last_stats.reasoning == [None]
 
 
+def test_several_sampled_analyses_give_the_normalised_mean_of_their_embeddings(tiny_model_dir, tmp_path):
+    import json
+
+    from searchr3_eval.models import ModelOptions, describe, parse_model_specs
+    from searchr3_eval.models.base import l2_normalize
+    from searchr3_eval.models.llm import last_hidden_states
+
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    enc = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, reasoning="on", max_new_tokens=6,
+                                          reasoning_samples=3, reasoning_temperature=1.5, cache=cache, show_progress=False)
+    vectors = enc.encode(TEXTS[:2], "query")
+    samples = [json.loads(r) for r in enc.last_stats.reasoning]
+    assert [len(s) for s in samples] == [3, 3] and any(len(set(s)) > 1 for s in samples)  # sampled, not greedy
+    for text, analyses, vector in zip(TEXTS[:2], samples, vectors):
+        with torch.no_grad():  # each analysis's own embedding, then their normalised mean
+            hidden = last_hidden_states(enc.model, enc.sequences([text] * 3, "query", analyses), enc.tokenizer.pad_token_id)
+        expected = l2_normalize(l2_normalize(hidden.float().numpy()).mean(axis=0, keepdims=True))[0]
+        np.testing.assert_allclose(vector, expected, atol=1e-5)
+    np.testing.assert_array_equal(enc.encode(TEXTS[:2], "query"), vectors)  # cached
+    assert enc.settings["reasoning_samples"] == 3 and enc.settings["reasoning_temperature"] == 1.5
+    (spec,) = parse_model_specs(f"searchr3:{tiny_model_dir}")
+    greedy = describe(spec, ModelOptions(reasoning="on", add_embed_token=True))
+    assert "reasoning_samples" not in greedy.settings  # one greedy analysis keeps its old identity
+    assert describe(spec, ModelOptions(reasoning="on", add_embed_token=True, reasoning_samples=3)) != greedy
+    assert describe(spec, ModelOptions(add_embed_token=True, reasoning_samples=3)) == \
+        describe(spec, ModelOptions(add_embed_token=True))  # nothing reasons: no sampling setting
+    with pytest.raises(UserError, match="--reasoning-samples must be at least 1"):
+        ModelOptions(reasoning_samples=0).validate()
+
+
 def test_an_analysis_ends_at_the_embed_token_the_end_of_turn_or_the_direct_phrase(encoder):
     """The trained answer is "<analysis>. The embedding is <|embed_token|>": once the model has written the phrase
     only the token may follow, so the analysis ends there (a model that never writes the token would otherwise run on

@@ -33,6 +33,8 @@ class ModelOptions:
     reasoning: str = "off"
     max_length: int = 512
     max_new_tokens: int = 64
+    reasoning_samples: int = 1  # analyses per reasoning text: 1 greedy, K > 1 sampled and their embeddings averaged
+    reasoning_temperature: float = 0.8  # the sampling temperature when reasoning_samples > 1
     dtype: str = "auto"  # bfloat16 where the CPU or GPU computes it natively, else float32
     device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
     backend: str = "transformers"
@@ -53,6 +55,8 @@ class ModelOptions:
             raise UserError("--batch-size and --batch-tokens must be at least 1")
         if self.max_length < 1 or self.max_new_tokens < 0:
             raise UserError("--max-length must be at least 1 and --max-new-tokens at least 0")
+        if self.reasoning_samples < 1 or not self.reasoning_temperature > 0:
+            raise UserError("--reasoning-samples must be at least 1 and --reasoning-temperature greater than 0")
         if self.reasoning not in ("off", "on", "all"):
             raise UserError(f"--reasoning must be off, on or all, not {self.reasoning!r}")
         if self.dtype not in DTYPE_CHOICES:
@@ -150,7 +154,8 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
     from searchr3_eval.models.searchr3 import searchr3_settings
 
     settings = searchr3_settings(options.reasoning, options.max_length, options.max_new_tokens, _searchr3_prompts(options, spec),
-                                 dtype, options.backend, options.add_embed_token or spec.adds_embed_token)
+                                 dtype, options.backend, options.add_embed_token or spec.adds_embed_token,
+                                 options.reasoning_samples, options.reasoning_temperature)
     return ModelIdentity(spec.text, revision, settings)
 
 
@@ -183,6 +188,8 @@ def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | N
             reasoning=options.reasoning,
             max_length=options.max_length,
             max_new_tokens=options.max_new_tokens,
+            reasoning_samples=options.reasoning_samples,
+            reasoning_temperature=options.reasoning_temperature,
             backend=options.backend,
             prompts=_searchr3_prompts(options, spec),
             **common,

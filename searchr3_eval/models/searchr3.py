@@ -7,6 +7,7 @@ at the embed token, at the end of the turn, or once the model has written the di
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -83,19 +84,23 @@ ANALYSIS_END = "stop at the embed token, end of turn or the direct phrase"  # ho
 
 
 def searchr3_settings(reasoning: str, max_length: int, max_new_tokens: int, prompts: Prompts, dtype: str, backend: str,
-                      add_embed_token: bool) -> dict:
+                      add_embed_token: bool, samples: int = 1, temperature: float = 0.0) -> dict:
     """Everything besides the weights that changes a Search-R3 embedding, and nothing else: the settings of
-    generation (``REASONING_ONLY`` and the reasoning system prompt) only where something reasons."""
+    generation (``REASONING_ONLY`` and the reasoning system prompt) only where something reasons, and the sampling
+    settings only where several analyses are sampled (one greedy analysis is what every earlier result used)."""
     settings = {"reasoning": reasoning, "max_length": max_length, "prompts": asdict(prompts), "dtype": dtype,
                 "add_embed_token": add_embed_token}
     if reasoning == "off":
         del settings["prompts"]["reasoning_system"]
     else:
         settings.update(max_new_tokens=max_new_tokens, backend=backend, analysis_end=ANALYSIS_END)
+        if samples > 1:
+            settings.update(reasoning_samples=samples, reasoning_temperature=temperature)
     return settings
 
 
-REASONING_ONLY = ("max_new_tokens", "backend", "analysis_end")
+REASONING_ONLY = ("max_new_tokens", "backend", "analysis_end", "reasoning_samples", "reasoning_temperature")
+SAMPLING_SEED = 0  # each batch's sampled analyses are drawn from this seed
 
 
 def direct_settings(settings: dict) -> dict:
@@ -142,6 +147,8 @@ class SearchR3Encoder(DenseEncoder):
         backend: str = "transformers",
         prompts: Prompts = PROMPT_PRESETS[DEFAULT_PRESET],
         add_embed_token: bool = False,
+        reasoning_samples: int = 1,
+        reasoning_temperature: float = 0.8,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -156,6 +163,7 @@ class SearchR3Encoder(DenseEncoder):
         self.name, self.revision = name, revision
         self.reasoning, self.max_length, self.max_new_tokens = reasoning, max_length, max_new_tokens
         self.prompts, self.backend, self.add_embed_token = prompts, backend, add_embed_token
+        self.samples, self.temperature = reasoning_samples, reasoning_temperature
         self._overheads: dict[tuple, int] = {}
         self.share_prefix = True  # run the prompt prefix every text shares once per batch (same embeddings)
         self.generator = make_generator(backend, model, tokenizer, token_id, max_length + max_new_tokens,
@@ -178,7 +186,7 @@ class SearchR3Encoder(DenseEncoder):
     def settings(self) -> dict:
         dtype = str(self.model.dtype).removeprefix("torch.")
         return searchr3_settings(self.reasoning, self.max_length, self.max_new_tokens, self.prompts, dtype, self.backend,
-                                 self.add_embed_token)
+                                 self.add_embed_token, self.samples, self.temperature)
 
     def embedding_settings(self, kind: Kind) -> dict:
         """A kind embedded directly does not depend on the reasoning settings: with ``--reasoning on`` the documents
@@ -208,11 +216,13 @@ class SearchR3Encoder(DenseEncoder):
         return self._overheads[key]
 
     def text_lengths(self, texts: list[str], kind: Kind) -> list[int]:
-        """Tokens of each text's full sequence (reasoning mode: the prompt plus the longest analysis)."""
+        """Tokens of each text's full sequence (reasoning mode: the prompt plus the longest analysis, times the
+        analyses sampled, which all run in the text's batch)."""
         reasoning = self.reasons(kind)
         extra = self._overhead(kind, reasoning) + (self.max_new_tokens if reasoning else 0)
         counts = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [min(self.max_length, len(ids) + extra) for ids in counts]
+        copies = self.samples if reasoning else 1
+        return [copies * min(self.max_length, len(ids) + extra) for ids in counts]
 
     def _truncate(self, text: str, kind: Kind, reasoning: bool, max_length: int | None = None) -> str:
         """Cut the text (keeping its start) so prompt, answer and token fit in ``max_length``."""
@@ -248,14 +258,26 @@ class SearchR3Encoder(DenseEncoder):
 
     @torch.inference_mode()
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, list[str] | None]:
-        analyses = None
-        if self.reasons(kind):
-            start = time.perf_counter()
-            analyses = self.generator(self.generation_prompts(texts, kind), self.max_new_tokens)
-            self.generation_seconds += time.perf_counter() - start
-        hidden = last_hidden_states(self.model, self.sequences(texts, kind, analyses), self.tokenizer.pad_token_id,
-                                    self.share_prefix)
-        return l2_normalize(hidden.float().cpu().numpy()), analyses
+        """Direct: one embedding a text. Reasoning: after a greedy analysis, or the normalised mean of the embeddings
+        after ``samples`` analyses sampled at ``temperature`` (as HyDE averages several generated documents); the
+        cache keeps the analyses (a JSON list when several)."""
+        if not self.reasons(kind):
+            hidden = last_hidden_states(self.model, self.sequences(texts, kind), self.tokenizer.pad_token_id,
+                                        self.share_prefix)
+            return l2_normalize(hidden.float().cpu().numpy()), None
+        start = time.perf_counter()
+        prompts = self.generation_prompts(texts, kind)
+        if self.samples == 1:
+            sampled = [[a] for a in self.generator(prompts, self.max_new_tokens)]
+        else:
+            sampled = self.generator.sample(prompts, self.max_new_tokens, self.samples, self.temperature, SAMPLING_SEED)
+        self.generation_seconds += time.perf_counter() - start
+        flat_texts = [t for t, row in zip(texts, sampled) for _ in row]
+        hidden = last_hidden_states(self.model, self.sequences(flat_texts, kind, [a for row in sampled for a in row]),
+                                    self.tokenizer.pad_token_id, self.share_prefix)
+        vectors = l2_normalize(hidden.float().cpu().numpy()).reshape(len(texts), self.samples, -1).mean(axis=1)
+        analyses = [row[0] if self.samples == 1 else json.dumps(row) for row in sampled]
+        return l2_normalize(vectors), analyses
 
 
 def make_generator(backend: str, model, tokenizer, embed_id: int, max_model_len: int, direct_answer: str):
@@ -315,8 +337,26 @@ class TransformersGenerator:
             pad_token_id=self.tokenizer.pad_token_id,
             **generation_stops(self.tokenizer, self.stop_ids, self.phrase),
         )
+        return self._analyses(out[:, ids.shape[1] :].tolist())
+
+    @torch.inference_mode()
+    def sample(self, prompts: list[list[int]], max_new_tokens: int, samples: int, temperature: float,
+               seed: int) -> list[list[str]]:
+        """``samples`` analyses of each prompt, sampled at ``temperature`` from ``seed``."""
+        ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        out = self.model.generate(
+            input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+            max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
+            num_return_sequences=samples, pad_token_id=self.tokenizer.pad_token_id,
+            **generation_stops(self.tokenizer, self.stop_ids, self.phrase),
+        )
+        analyses = self._analyses(out[:, ids.shape[1] :].tolist())
+        return [analyses[i : i + samples] for i in range(0, len(analyses), samples)]
+
+    def _analyses(self, rows: list[list[int]]) -> list[str]:
         analyses = []
-        for row in out[:, ids.shape[1] :].tolist():
+        for row in rows:
             cut, _ = analysis_length(self.tokenizer, row, self.stop_ids, self.embed_id, self.phrase)
             analyses.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
         return analyses
@@ -362,6 +402,11 @@ class VLLMGenerator:
         self.stop_ids, self.phrase = stop_token_ids(tokenizer, embed_id), direct_phrase(direct_answer)
 
     def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-        params = self.vllm.SamplingParams(**vllm_sampling_args(max_new_tokens, self.stop_ids, self.phrase))
+        return [row[0] for row in self.sample(prompts, max_new_tokens, 1, 0.0, 0)]
+
+    def sample(self, prompts: list[list[int]], max_new_tokens: int, samples: int, temperature: float,
+               seed: int) -> list[list[str]]:
+        args = vllm_sampling_args(max_new_tokens, self.stop_ids, self.phrase)
+        params = self.vllm.SamplingParams(**{**args, "n": samples, "temperature": temperature, "seed": seed})
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        return [o.outputs[0].text.strip() for o in outputs]
+        return [[c.text.strip() for c in o.outputs] for o in outputs]
