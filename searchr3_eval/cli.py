@@ -190,8 +190,8 @@ def plugin_command(name: str) -> Callable:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run from the shell: long encodes and training steps need an allocator that reuses memory
-        configure_command_line()
         argv = sys.argv[1:]
+        configure_command_line(training=argv[:1] == ["train"])
     # tqdm reads TQDM_DISABLE when first imported, which building the parser already does
     with quiet_libraries() if "--quiet" in argv else nullcontext():
         return run_command(argv)

@@ -1,9 +1,12 @@
 """Process memory: an allocator that reuses freed tensor memory without letting the heap grow.
 
 A command line first restarts itself with tcmalloc preloaded where it is installed (Debian/Ubuntu:
-``apt install libtcmalloc-minimal4``); without it, glibc is set to give large blocks back (``return_freed_memory``).
-Measured on 2 CPU cores (benchmarks/bench_allocator.py): SFT steps 1.74x and encoding 1.50x faster with tcmalloc than
-with that glibc setting, at the same peak memory; glibc's default is 1.56x and 1.43x, with 1.6x the peak memory."""
+``apt install libtcmalloc-minimal4``); without it, training sets glibc to give large blocks back
+(``return_freed_memory``) and evaluation keeps glibc's default. Measured on 2 CPU cores (benchmarks/bench_allocator.py):
+SFT steps 1.74x and encoding 1.50x faster with tcmalloc than with that glibc setting, at the same peak memory; glibc's
+default is 1.56x and 1.43x, with 1.6x the peak memory of SFT (growing). An evaluation's memory does not grow that way:
+the default task's Search-R3 run spent 32% of its CPU in the kernel under the setting and 3% under glibc's default,
+at 1.05x the peak memory (benchmarks/bench_eval_allocator.py)."""
 from __future__ import annotations
 
 import ctypes
@@ -59,8 +62,12 @@ def return_freed_memory() -> bool:
         return False
 
 
-def configure_command_line() -> None:
-    """The allocator for a command run from the shell: tcmalloc where installed, else glibc returning freed memory.
-    Not for a ``main(argv)`` called inside another program (the settings are process-wide)."""
+def configure_command_line(training: bool) -> str:
+    """The allocator for a command run from the shell: tcmalloc where installed; else, for training, glibc returning
+    freed memory (bounded memory over thousands of differently shaped steps), and for evaluation glibc's default
+    (the setting's fresh pages cost an evaluation a third of its CPU). Not for a ``main(argv)`` called inside another
+    program (the settings are process-wide). Returns which it chose."""
     restart_with_tcmalloc()
-    return_freed_memory()
+    if tcmalloc_in_use():
+        return "tcmalloc"
+    return "glibc returning freed memory" if training and return_freed_memory() else "glibc default"

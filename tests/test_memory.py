@@ -25,14 +25,14 @@ def test_freed_tensor_memory_goes_back_to_the_system():
     assert resident_mib("on") < 0.8 * resident_mib("off")
 
 
-def command_line_allocator(**env: str) -> dict:
+def command_line_allocator(command: str = "run", **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", NO_TCMALLOC_ENV)}
-    worker = subprocess.Popen([sys.executable, str(ALLOCATOR_WORKER), "run", "--quiet"], env={**clean, **env},
+    worker = subprocess.Popen([sys.executable, str(ALLOCATOR_WORKER), command, "--quiet"], env={**clean, **env},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = worker.communicate(timeout=120)
     assert worker.returncode == 0, err
     report = json.loads(out)
-    assert report["pid"] == worker.pid and report["argv"] == ["run", "--quiet"]  # the same process, arguments kept
+    assert report["pid"] == worker.pid and report["argv"] == [command, "--quiet"]  # the same process, arguments kept
     return report
 
 
@@ -45,5 +45,8 @@ def test_a_command_line_restarts_itself_with_tcmalloc_where_installed():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps is Linux's")
 def test_a_command_line_keeps_glibc_when_told_or_when_something_else_is_preloaded():
     assert command_line_allocator(**{NO_TCMALLOC_ENV: "1"})["allocator"] == "glibc"
+    # without tcmalloc only training bounds its memory with fresh pages; evaluation keeps glibc's cheaper default
+    assert command_line_allocator("run", **{NO_TCMALLOC_ENV: "1"})["chosen"] == "glibc default"
+    assert command_line_allocator("train", **{NO_TCMALLOC_ENV: "1"})["chosen"] == "glibc returning freed memory"
     libc = "libc.so.6"  # a preload that is not tcmalloc: the user's choice stands
     assert command_line_allocator(LD_PRELOAD=libc)["allocator"] == "glibc"

@@ -40,7 +40,7 @@ def run_stage(stage: str, config: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run from the shell (also each process of ``accelerate launch``)
-        configure_command_line()
+        configure_command_line(training=True)
     parser = argparse.ArgumentParser(prog="searchr3-train", description=__doc__)
     parser.add_argument("stage", choices=["data", "sft", "rl"])
     parser.add_argument("--config", type=Path, required=True)
