@@ -64,6 +64,11 @@ def main() -> None:
                        "minor_faults": usage.ru_minflt, "peak_rss_mib": round(usage.ru_maxrss / 1024),
                        "ndcg_at_10": round(score, 4)}
         print(label, rows[label], flush=True)
+        write(args, rows)
+
+
+def write(args: argparse.Namespace, rows: dict) -> None:
+    """The settings measured so far (rewritten after each, so a stopped run keeps what it measured)."""
     atomic_write_json(args.out, {
         "benchmark": f"{args.models} on GSM8KRetrieval from scratch without tcmalloc, one process per glibc setting",
         "command": "HF_HUB_OFFLINE=1 python benchmarks/bench_eval_allocator.py",
