@@ -17,7 +17,7 @@ import yaml
 from searchr3_eval.atomic import atomic_write_text
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import MAIN_METRIC, MEASURES
-from searchr3_eval.report import MARK, METRIC_TITLES, format_score, identity_json, row_labels, table
+from searchr3_eval.report import MARK, METRIC_TITLES, identity_json, row_labels, table, table_markdown
 from searchr3_eval.results import load_results
 
 KINDS = ("leaderboard", "include", "benchmark")
@@ -34,11 +34,7 @@ def leaderboard_section(folder: Path, metrics: list[str]) -> list[str]:
         t = table(results, metric)
         lines += [f"{METRIC_TITLES[metric]} x100" + (f"; {MARK}: significantly different from {t.baseline} "
                                                       f"({t.significance.describe()})" if t.baseline else "") + ":",
-                  "", "| " + " | ".join(["Model", *t.columns, "Average"]) + " |", "|" + "---|" * (len(t.columns) + 2)]
-        for row in t.rows:
-            cells = [format_score(row.cells.get(c)) + (MARK if row.significant.get(c) else "") for c in t.columns]
-            lines.append("| " + " | ".join([row.label, *cells, format_score(row.average)]) + " |")
-        lines.append("")
+                  "", *table_markdown(t), ""]
     labels = row_labels(results)
     walls: dict[str, dict[str, float]] = {}
     for r in results:

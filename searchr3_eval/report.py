@@ -214,24 +214,35 @@ def format_score(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
-def markdown(results: list[TaskResult], baseline: str | None = None,
-             significance: Significance = Significance()) -> str:
+def tables(results: list[TaskResult], baseline: str | None = None,
+           significance: Significance = Significance()) -> dict[str, Table]:
+    """One table per metric (each computes its own significance tests, the costly part: compute them once)."""
+    return {metric: table(results, metric, baseline, significance) for metric in MEASURES}
+
+
+def table_markdown(t: Table) -> list[str]:
+    """A table's Markdown lines: a row per model, cells x100, marked where significantly different from the baseline."""
+    lines = ["| " + " | ".join(["Model", *t.columns, "Average"]) + " |", "|" + "---|" * (len(t.columns) + 2)]
+    for row in t.rows:
+        cells = [format_score(row.cells.get(c)) + (MARK if row.significant.get(c) else "") for c in t.columns]
+        lines.append("| " + " | ".join([row.label, *cells, format_score(row.average)]) + " |")
+    return lines
+
+
+def markdown(results: list[TaskResult], baseline: str | None = None, significance: Significance = Significance(),
+             computed: dict[str, Table] | None = None) -> str:
+    """The leaderboard page; ``computed``: the ``tables`` of these results, when the caller has them."""
+    computed = computed or tables(results, baseline, significance)
     parts = ["# Leaderboard", "", "Scores x100 on each task's evaluation split (another split is named in the column); "
              "Average only over models with every task."]
-    first = table(results, MAIN_METRIC, baseline, significance)
+    first = computed[MAIN_METRIC]
     if first.baseline:
         parts.append(f"{MARK} marks a significant difference from **{first.baseline}** on that task "
                      f"({significance.describe()}, each metric's grid corrected on its own; p-values in "
                      "significance.csv).")
     parts.append("")
-    for metric in MEASURES:
-        t = table(results, metric, baseline, significance)
-        parts += [f"## {METRIC_TITLES[metric]}", "", "| " + " | ".join(["Model", *t.columns, "Average"]) + " |",
-                  "|" + "---|" * (len(t.columns) + 2)]
-        for row in t.rows:
-            cells = [format_score(row.cells.get(c)) + (MARK if row.significant.get(c) else "") for c in t.columns]
-            parts.append("| " + " | ".join([row.label, *cells, format_score(row.average)]) + " |")
-        parts.append("")
+    for metric, t in computed.items():
+        parts += [f"## {METRIC_TITLES[metric]}", "", *table_markdown(t), ""]
     labels = row_labels(results)
     parts += ["## Runs", "", "| Model | Task | Split | Documents | Queries | Docs/s | Wall s | Revision |",
               "|---|---|---|---|---|---|---|---|"]
@@ -244,24 +255,22 @@ def markdown(results: list[TaskResult], baseline: str | None = None,
     return "\n".join(parts) + "\n"
 
 
-def significance_csv(results: list[TaskResult], baseline: str | None = None,
-                     significance: Significance = Significance()) -> str:
-    """Every tested (metric, row, column): its p-value against the baseline, corrected, and the verdict."""
+def significance_csv(computed: dict[str, Table]) -> str:
+    """Every tested (metric, row, column) of the ``tables``: its p-value against the baseline, corrected, and the
+    verdict."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["metric", "model", "task", "baseline", "test", "correction", "p_value", "p_adjusted", "significant"])
-    for metric in MEASURES:
-        t = table(results, metric, baseline, significance)
+    for metric, t in computed.items():
         for row in t.rows:
             for c in t.columns:
                 if c in row.pvalues:
-                    writer.writerow([metric, row.label, c, t.baseline, significance.test, significance.correction,
+                    writer.writerow([metric, row.label, c, t.baseline, t.significance.test, t.significance.correction,
                                      f"{row.pvalues[c]:.6g}", f"{row.adjusted[c]:.6g}", row.significant[c]])
     return buffer.getvalue()
 
 
-def csv_text(results: list[TaskResult], metric: str = MAIN_METRIC, baseline: str | None = None) -> str:
-    t = table(results, metric, baseline)
+def csv_text(t: Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["Model", *t.columns, "Average"])
@@ -271,15 +280,15 @@ def csv_text(results: list[TaskResult], metric: str = MAIN_METRIC, baseline: str
     return buffer.getvalue()
 
 
-def plot_scores(results: list[TaskResult], path: Path, metric: str = MAIN_METRIC) -> Path:
-    """Grouped bar chart: one group per task, one bar per model."""
+def plot_scores(t: Table, path: Path) -> Path:
+    """Grouped bar chart of a table: one group per task, one bar per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    t = table(results, metric)
+    metric = t.metric
     width = 0.8 / max(len(t.rows), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(t.columns) + 3), 4.5 + 0.25 * len(t.rows)))
     for i, row in enumerate(t.rows):
@@ -303,9 +312,10 @@ def write_report(output_dir: Path, baseline: str | None = None,
     results = load_results(output_dir)
     if not results:
         raise UserError(f"no results under {output_dir / 'runs'}; run 'searchr3-eval run' first")
+    computed = tables(results, baseline, significance)
     return [
-        atomic_write_text(output_dir / "leaderboard.md", markdown(results, baseline, significance)),
-        atomic_write_text(output_dir / "leaderboard.csv", csv_text(results, baseline=baseline)),
-        atomic_write_text(output_dir / "significance.csv", significance_csv(results, baseline, significance)),
-        plot_scores(results, output_dir / "plots" / f"{MAIN_METRIC}.png"),
+        atomic_write_text(output_dir / "leaderboard.md", markdown(results, baseline, significance, computed)),
+        atomic_write_text(output_dir / "leaderboard.csv", csv_text(computed[MAIN_METRIC])),
+        atomic_write_text(output_dir / "significance.csv", significance_csv(computed)),
+        plot_scores(computed[MAIN_METRIC], output_dir / "plots" / f"{MAIN_METRIC}.png"),
     ]

@@ -172,14 +172,18 @@ class TaskResult:
         return path
 
 
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2")  # the short names the CLI accepts for it
+
+
 def canonical_spec(spec: str) -> str:
-    """One name for one model: aliases of all-MiniLM-L6-v2 are ``minilm``, a bare sentence-transformers name is
-    ``st:<name>``, a trailing slash of a path is dropped."""
+    """One name for one model: all-MiniLM-L6-v2 by any of its names is ``minilm``, a bare sentence-transformers
+    name is ``st:<name>``, a trailing slash of a path is dropped."""
     kind, sep, arg = spec.partition(":")
     if not (sep and kind in ("st", "searchr3", "basellm")) and spec != "bm25":
         kind, arg = "st", spec
     arg = arg.rstrip("/") or arg
-    if kind == "st" and arg in ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+    if kind == "st" and arg in (*MINILM_ALIASES, MINILM):
         return "minilm"
     return spec if spec == "bm25" else f"{kind}:{arg}"
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from searchr3_eval import __version__, distributed
 from searchr3_eval.cache import EmbeddingCache
-from searchr3_eval.data import MissingTaskData, check_data_dir, RetrievalTask, TaskSource, load_task_source, locate_task, resolve_task_names
+from searchr3_eval.data import (MissingTaskData, RetrievalTask, TaskSource, check_data_dir, load_task_source, locate_task,
+                                resolve_task_names)
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import Run, drop_identical_ids, evaluate as score_run
 from searchr3_eval.models import ModelOptions, ModelSpec, Retriever, describe, index_of, load_model, parse_model_specs

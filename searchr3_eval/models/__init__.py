@@ -137,8 +137,7 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
     if spec.kind == "bm25":
         return ModelIdentity(spec.text, bm25_revision(), bm25_settings())
     if spec.kind == "fusion":
-        members = [(describe(m, options), index_of(m, options)) for m in map(parse_model_spec, spec.fusion.members)]
-        described = [{**m.as_dict(), **({"index": i} if i != "flat" else {})} for m, i in members]
+        described = [{**m.as_dict(), **({"index": i} if i != "flat" else {})} for m, i in fusion_members(spec, options)]
         params = {"k": spec.fusion.k} if spec.fusion.method == "rrf" else {"weights": list(spec.fusion.weights)}
         return ModelIdentity(spec.text, identity_key({"members": described}),
                              {"method": spec.fusion.method, **params, "members": described})
@@ -164,6 +163,11 @@ def index_of(spec: ModelSpec, options: ModelOptions) -> str:
     return parse_index(options.index).name if spec.is_dense else "flat"
 
 
+def fusion_members(spec: ModelSpec, options: ModelOptions) -> list[tuple[ModelIdentity, str]]:
+    """Each member of a fused spec: its identity and the index it searches with."""
+    return [(describe(m, options), index_of(m, options)) for m in map(parse_model_spec, spec.fusion.members)]
+
+
 def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | None,
                results_dir: Path | None = None) -> Retriever:
     """The retriever of ``spec``; a fused spec reads its members' rankings from ``results_dir``."""
@@ -176,8 +180,8 @@ def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | N
     if spec.kind == "bm25":
         return BM25Retriever(show_progress=options.show_progress)
     if spec.kind == "fusion":
-        members = [(describe(m, options), index_of(m, options)) for m in map(parse_model_spec, spec.fusion.members)]
-        return FusionRetriever(spec.fusion, describe(spec, options), members, Path(results_dir or "results"))
+        return FusionRetriever(spec.fusion, describe(spec, options), fusion_members(spec, options),
+                               Path(results_dir or "results"))
     if spec.kind == "searchr3":
         from searchr3_eval.models.searchr3 import SearchR3Encoder
 

@@ -14,9 +14,9 @@ import numpy as np
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import DenseEncoder, Kind
 from searchr3_eval.fingerprint import fingerprint
+from searchr3_eval.results import MINILM, MINILM_ALIASES
 
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-ALIASES = {"minilm": MINILM, "all-MiniLM-L6-v2": MINILM}
+ALIASES = dict.fromkeys(MINILM_ALIASES, MINILM)
 
 
 def resolve_model_path(name: str) -> str:
