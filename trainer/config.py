@@ -41,6 +41,10 @@ class RunConfig:
     lr_schedule: str = "constant"  # constant, linear or cosine (decay to 0 over the run), after warmup_steps
     warmup_steps: int = 0  # the learning rate rises linearly from 0 over these steps
     max_grad_norm: float | None = None  # clip the gradients' global norm to this (none: no clipping; the norm is logged)
+    # train a query adapter: a new LoRA over the Search-R3 model ``model`` that only queries use; documents are the
+    # evaluation's embeddings of ``model``, computed once (and cached) and never refreshed (trainer.frozen_index)
+    query_adapter: bool = False
+    cache_dir: str | None = None  # query_adapter: the embedding cache of the frozen documents (default: the evaluation's)
 
 
 @dataclass(kw_only=True)
@@ -67,6 +71,7 @@ class SFTConfig(RunConfig):
     # words every trained analysis starts with (e.g. "Relevant paper: "): a greedy first token that only a reasoning
     # answer has, where an analysis's own first word is spread over many and loses to the direct phrase's "The"
     analysis_lead: str = ""
+    index_dir: str | None = None  # query_adapter: a BEIR folder whose whole corpus is the frozen index (holds every positive)
 
 
 @dataclass(kw_only=True)
@@ -108,6 +113,12 @@ class RLConfig(RunConfig):
     audit_every: int = 0  # every this many steps, compare the ranks rewarded with a freshly encoded index's (0: never)
     audit_queries: int = 0  # at the end, compare the maintained index with a fresh one on this many train queries
     audit_noise: float = 0.0  # the audits also count a rank as agreeing within the fresh ranks at scores +- this
+    heldout_fraction: float = 0.0  # of the distinct train queries, never trained on: their greedy MRR picks final
+    eval_every: int | None = None  # the held-out MRR every N steps (and at step 0 and the end)
+    # InfoNCE of each rollout's embedding against the whole index, beside the policy gradient: the embedding learns to
+    # read the analyses the policy writes (0: the policy gradient alone)
+    embedding_weight: float = 0.0
+    embedding_temperature: float = 0.05  # that InfoNCE's temperature
 
 
 T = TypeVar("T")
@@ -118,9 +129,11 @@ POSITIVE = {"max_query_length", "max_document_length", "batch_size", "grad_accum
             "max_positives"}
 # value ranges checked before anything loads: (test, what the message says it must be)
 RANGES = {
-    **dict.fromkeys(("learning_rate", "temperature", "clip_eps", "max_grad_norm"), (lambda v: v > 0, "greater than 0")),
+    **dict.fromkeys(("learning_rate", "temperature", "clip_eps", "max_grad_norm", "embedding_temperature"),
+                    (lambda v: v > 0, "greater than 0")),
     "warmup_steps": (lambda v: v >= 0, "at least 0"),
-    **dict.fromkeys(("margin", "kl_beta", "rank_band", "drift_band", "audit_noise", "sft", "kl", "infonce", "triplet"),
+    **dict.fromkeys(("margin", "kl_beta", "rank_band", "drift_band", "audit_noise", "sft", "kl", "infonce", "triplet",
+                     "embedding_weight"),
                     (lambda v: v >= 0, "at least 0")),
     "heldout_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "case_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),

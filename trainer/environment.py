@@ -102,6 +102,24 @@ class RetrievalEnvironment:
         return np.argsort(-(query_embeddings @ self.embeddings.T), axis=1, kind="stable")[:, :k]
 
 
+class FrozenIndex(RetrievalEnvironment):
+    """Documents whose embeddings never change (a query adapter trains against its document model's index): nothing
+    is refreshed, so a rank rewarded is a fresh index's by construction."""
+
+    def __init__(self, doc_ids: list[str], embeddings: np.ndarray, seconds: float):
+        """``embeddings``: the documents' rows in ``doc_ids`` order; ``seconds``: what computing them took."""
+        self.doc_ids, self.doc_texts, self.cursor = doc_ids, [], 0
+        self.position = {d: i for i, d in enumerate(doc_ids)}
+        self.embeddings = embeddings
+        self.initial_refresh = RefreshStats(len(doc_ids), seconds)
+
+    def full_refresh(self) -> RefreshStats:
+        return RefreshStats(0, 0.0)
+
+    def refresh_for_batch(self, query_embeddings: np.ndarray, positive_ids: list[str]) -> RefreshStats:
+        return RefreshStats(0, 0.0)
+
+
 def positive_ranks(scores: np.ndarray, positive_rows: list[int] | np.ndarray) -> np.ndarray:
     """1-based rank of each query's positive (``scores[i, positive_rows[i]]``) among all its scores."""
     positive = scores[np.arange(len(positive_rows)), positive_rows]

@@ -13,7 +13,9 @@ from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write, atomic_write_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import plan_batches
-from searchr3_eval.models.adapter import is_adapter, load_adapter, read_manifest, save_adapter
+from searchr3_eval.models.adapter import (
+    document_model_of, is_adapter, load_adapter, packaged_name, read_manifest, save_adapter,
+)
 from searchr3_eval.models.llm import (
     check_bf16_on, cpu_has_native_bf16, last_hidden_states, left_pad, load_causal_lm, lower_hidden_states,
     padded_forward, resolve_device, upper_forward,
@@ -52,15 +54,24 @@ class Policy:
     def __init__(self, model_path: str, *, lora: bool = False, lora_r: int = 8, lora_alpha: int = 16,
                  train_layers: int | None = None, max_length: int = 256, max_new_tokens: int = 32,
                  dtype: str = "float32", mixed_precision: str = "no", attn_implementation: str = "auto",
-                 device: str = "auto", prompts: str | None = None):
+                 device: str = "auto", prompts: str | None = None, query_adapter: bool = False):
+        """``query_adapter``: a new LoRA over the Search-R3 model ``model_path`` (merged), saved as a query adapter
+        (``searchr3_eval.models.adapter``): what the query side trains against that model's frozen documents; a query
+        adapter given as ``model_path`` is trained further over its own document model."""
         device = resolve_device(device)
+        if query_adapter and not lora:
+            raise UserError("query_adapter trains a LoRA adapter: set lora: true")
         self.prompt_preset = prompts or trained_preset(model_path)  # saved with the adapter: the evaluator's default
         if attn_implementation == "auto":
             # eager: faster than sdpa for training on CPU (benchmarks/bench_sft_speed.py), and on CUDA sdpa's gradients
             # turn NaN at left padding, whose rows mask every key (seen on an H200: NaN weights after 4 SFT steps)
             attn_implementation = "eager"
+        continued_query_adapter = document_model_of(model_path)  # a query adapter trains on as one
         self.reference_adapter = False
-        if is_adapter(model_path):  # a saved adapter: keep training it (LoRA) or train its merged weights
+        self.query_adapter = query_adapter or continued_query_adapter is not None
+        # the Search-R3 model whose documents a query adapter is trained against (its base)
+        self.document_model = continued_query_adapter or packaged_name(model_path)
+        if is_adapter(model_path) and (not query_adapter or continued_query_adapter is not None):  # a saved adapter: keep training it (LoRA) or train its merged weights
             manifest = read_manifest(model_path)
             self.base, self.base_vocab_size = manifest["base"], manifest["base_vocab_size"]
             model, tokenizer = load_adapter(model_path, dtype, attn_implementation, device, trainable=lora)
@@ -68,10 +79,12 @@ class Policy:
                 model.load_adapter(str(model_path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
                 self.reference_adapter = True
         else:
-            self.base = model_path
+            self.base = self.document_model if query_adapter else model_path
             model, tokenizer, _, _ = load_causal_lm(model_path, dtype, attn_implementation, device)
             self.base_vocab_size = len(tokenizer)
             if embed_token_id(tokenizer) is None:
+                if query_adapter:
+                    raise UserError(f"query_adapter: {model_path} is not a Search-R3 model (it has no {EMBED_TOKEN})")
                 add_embed_token(model, tokenizer)
             if lora:
                 from peft import LoraConfig, get_peft_model
@@ -101,7 +114,8 @@ class Policy:
         """The policy a stage's config describes (``settings``: the stage's own, e.g. ``max_new_tokens``)."""
         return cls(cfg.model, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, train_layers=cfg.train_layers,
                    max_length=cfg.max_length, dtype=cfg.dtype, mixed_precision=cfg.mixed_precision,
-                   attn_implementation=cfg.attn_implementation, device=cfg.device, prompts=cfg.prompts, **settings)
+                   attn_implementation=cfg.attn_implementation, device=cfg.device, prompts=cfg.prompts,
+                   query_adapter=cfg.query_adapter, **settings)
 
     def _freeze_below_top(self, model, train_layers: int) -> int:
         """Train only the top ``train_layers`` decoder layers (their LoRA adapters, or their weights and the final
@@ -265,7 +279,8 @@ class Policy:
 
         def write(tmp: Path) -> None:
             if self.lora:
-                save_adapter(self.model, tmp, self.base, self.base_vocab_size, self.prompt_preset, state)
+                save_adapter(self.model, tmp, self.base, self.base_vocab_size, self.prompt_preset, state,
+                             "query" if self.query_adapter else None)
             else:  # a tied weight once, as save_pretrained keeps it (gathered copies no longer share memory)
                 tied = ({n for n, _ in self.model.named_parameters(remove_duplicate=False)}
                         - {n for n, _ in self.model.named_parameters()})

@@ -25,15 +25,19 @@ from searchr3_eval.models.searchr3 import analysis_length, direct_phrase, genera
 from trainer import sharding
 from trainer.config import RLConfig
 from trainer.data import Triple, load_triples
-from trainer.environment import RetrievalEnvironment, agreement_with_fresh_index, fresh_copy, rank_agreement
+from trainer.environment import (
+    FrozenIndex, RetrievalEnvironment, agreement_with_fresh_index, fresh_copy, rank_agreement,
+)
+from trainer.frozen_index import corpus_info_nce, document_embeddings
 from trainer.logging_utils import CSVLog, plot_log
 from trainer.losses import require_finite
 from trainer.modeling import Policy
 from trainer.optim import check_resumed_config, clip_and_step, make_optimizer
 from trainer.sft import load_checkpoint, load_schedule, run_state, save_checkpoint
 
-COLUMNS = ["step", "mean_reward", "mean_rr", "format_rate", "loss", "kl", "refreshed_docs", "refresh_seconds",
-           "rollout_seconds", "tokens_per_second", "lr", "grad_norm"]
+COLUMNS = ["step", "mean_reward", "mean_rr", "format_rate", "reward_spread", "loss", "kl", "refreshed_docs",
+           "refresh_seconds", "rollout_seconds", "generation_seconds", "update_seconds", "tokens_per_second", "lr",
+           "grad_norm"]
 
 
 @dataclass
@@ -42,6 +46,8 @@ class Rollouts:
     actions: list[list[int]]  # generated tokens, up to and including the first stop token or the direct phrase
     emitted: list[bool]  # the answer ended as trained (the embed token, or the direct phrase)
     embeddings: np.ndarray
+    sequences: list[list[int]]  # what each embedding is read from: prompt, analysis, the embed token
+    generation_seconds: float = 0.0
 
 
 def corpus_from_triples(triples: list[Triple]) -> tuple[list[str], list[str], list[str]]:
@@ -116,12 +122,17 @@ class RetrievalGRPO:
             lower_cache_file.unlink(missing_ok=True)
         corpus = corpus or Corpus(*corpus_from_triples(triples))
         self.positive_ids = corpus.positive_ids
-        # documents go through the training forward: with train_layers their frozen lower layers are computed once,
-        # so a refresh re-runs only the trained top layers; across processes each encodes a share, all get the index
-        self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts, lambda texts: distributed.map_sharded(
-            lambda share: self.policy.embed(share, "document", cfg.max_document_length, cfg.batch_tokens), texts),
-            top_k=cfg.top_k, refresh_every=cfg.refresh_every, rank_band=cfg.rank_band, drift_band=cfg.drift_band,
-            state=(checkpoint or {}).get("environment"))
+        if self.policy.query_adapter:  # the document model's index as the evaluation embeds it (cached on a resume)
+            self.env = FrozenIndex(corpus.doc_ids, *document_embeddings(
+                self.policy.document_model, corpus.doc_texts, cfg.cache_dir, show_progress=False))
+        else:
+            # documents go through the training forward: with train_layers their frozen lower layers are computed
+            # once, so a refresh re-runs only the trained top layers; across processes each encodes a share, all get
+            # the index
+            self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts, lambda texts: distributed.map_sharded(
+                lambda share: self.policy.embed(share, "document", cfg.max_document_length, cfg.batch_tokens), texts),
+                top_k=cfg.top_k, refresh_every=cfg.refresh_every, rank_band=cfg.rank_band, drift_band=cfg.drift_band,
+                state=(checkpoint or {}).get("environment"))
         # (rank rewarded, rank in a freshly encoded index[, its best and worst rank within audit_noise]) of every
         # rollout of the audited steps
         self.reward_audits: list[tuple[int, ...]] = (checkpoint or {}).get("reward_audits", [])
@@ -131,9 +142,10 @@ class RetrievalGRPO:
         self.stop_ids = self.policy.stop_ids
 
     @torch.no_grad()
-    def rollout(self, queries: list[str], group_size: int, generator: torch.Generator | None = None) -> Rollouts:
-        """Sample ``group_size`` analyses per query and embed each (the embed token appended if missing); an analysis
-        ends where the evaluation's generator ends it."""
+    def rollout(self, queries: list[str], group_size: int, generator: torch.Generator | None = None,
+                greedy: bool = False) -> Rollouts:
+        """Sample ``group_size`` analyses per query (``greedy``: one, as the evaluation writes it) and embed each (the
+        embed token appended if missing); an analysis ends where the evaluation's generator ends it."""
         model, tokenizer = self.policy.model, self.policy.tokenizer
         pad, phrase = tokenizer.pad_token_id, direct_phrase(self.policy.prompter.prompts.direct_answer)
         model.eval()
@@ -142,10 +154,14 @@ class RetrievalGRPO:
         with torch.random.fork_rng(enabled=generator is not None):  # a seeded rollout leaves the training RNG alone
             if generator is not None:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens,
-                                 do_sample=True, temperature=self.cfg.temperature, top_k=0, top_p=1.0,
-                                 pad_token_id=pad, synced_gpus=self.policy.sharded,  # sharded: all generate as long
-                                 **generation_stops(tokenizer, self.stop_ids, phrase))
+            sampling = {} if greedy else {"temperature": self.cfg.temperature, "top_k": 0, "top_p": 1.0}
+            start = time.perf_counter()
+            with self.policy.autocast():  # as the policy's forwards: bf16 where the device computes it natively
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens,
+                                     do_sample=not greedy, **sampling, pad_token_id=pad,
+                                     synced_gpus=self.policy.sharded,  # sharded: all generate as long
+                                     **generation_stops(tokenizer, self.stop_ids, phrase))
+            generation_seconds = time.perf_counter() - start
         actions, emitted, sequences = [], [], []
         for prompt, row in zip(prompts, out[:, ids.shape[1] :].tolist()):
             n, ended = analysis_length(tokenizer, row, self.stop_ids, self.policy.embed_id, phrase)
@@ -154,7 +170,20 @@ class RetrievalGRPO:
             emitted.append(ended)
             sequences.append(prompt + row[:n] + [self.policy.embed_id])
         embeddings = self.policy.forward(sequences, keep_lower=False).embeddings.float().cpu().numpy()
-        return Rollouts(prompts, actions, emitted, embeddings)
+        return Rollouts(prompts, actions, emitted, embeddings, sequences, generation_seconds)
+
+    def heldout_mrr(self, rows: list[int], batch_size: int = 16) -> dict:
+        """Mean reciprocal rank of the positive for the greedy analyses of the triples at ``rows`` (as the evaluation
+        writes them), and how many of those analyses are only the direct phrase (the direct embedding)."""
+        reciprocal, bare = [], 0
+        phrase = direct_phrase(self.policy.prompter.prompts.direct_answer)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            rollouts = self.rollout([self.triples[i].query for i in chunk], 1, greedy=True)
+            reciprocal += list(1.0 / self.env.ranks(rollouts.embeddings, [self.positive_ids[i] for i in chunk]))
+            bare += sum(self.policy.tokenizer.decode(a, skip_special_tokens=True).strip() in ("", phrase)
+                        for a in rollouts.actions)
+        return {"heldout_mrr": float(np.mean(reciprocal)), "heldout_bare_share": bare / len(rows)}
 
     def keep_lower_cache(self) -> None:
         """Write the lower-layer cache to ``lower_cache_file`` when it holds more states than the file (the frozen
@@ -199,18 +228,32 @@ class RetrievalGRPO:
             if cfg.audit_noise > 0:
                 audited += fresh.rank_ranges(rollouts.embeddings, group_positives, cfg.audit_noise).T.tolist()
             self.reward_audits += distributed.all_gather_list([tuple(map(int, a)) for a in zip(*audited)])
-        update = self.update(rollouts, rewards)
+        update_start = time.perf_counter()
+        update = self.update(rollouts, rewards, group_positives)
+        update_seconds = time.perf_counter() - update_start
         tokens = sum(len(p) + len(a) for p, a in zip(rollouts.prompts, rollouts.actions))
         return {
             "mean_reward": float(rewards.mean()), "mean_rr": float(reciprocal.mean()),
+            # the mean within-group standard deviation of the rewards: 0 means no advantage to learn from
+            "reward_spread": float(rewards.reshape(-1, cfg.group_size).std(1).mean()),
             "format_rate": float(np.mean(rollouts.emitted)), **update,
             "refreshed_docs": refresh.documents, "refresh_seconds": refresh.seconds,
-            "rollout_seconds": rollout_seconds, "tokens_per_second": tokens / (time.perf_counter() - start),
+            "rollout_seconds": rollout_seconds, "generation_seconds": rollouts.generation_seconds,
+            "update_seconds": update_seconds, "tokens_per_second": tokens / (time.perf_counter() - start),
         }
 
-    def update(self, rollouts: Rollouts, rewards: np.ndarray) -> dict:
-        """GRPO update: advantages normalised within each query's group, clipped surrogate, KL to the reference."""
+    def index_info_nce(self, embeddings: torch.Tensor, positive_rows: torch.Tensor) -> torch.Tensor:
+        """Cosine InfoNCE of embeddings against the whole index (the rows of their positives given)."""
+        index = torch.from_numpy(self.env.embeddings).to(embeddings.device)
+        return corpus_info_nce(embeddings, index, positive_rows, self.cfg.embedding_temperature)
+
+    def update(self, rollouts: Rollouts, rewards: np.ndarray, positive_ids: list[str] | None = None) -> dict:
+        """GRPO update: advantages normalised within each query's group, clipped surrogate, KL to the reference; with
+        ``embedding_weight``, InfoNCE of the rollouts' embeddings against the index (``positive_ids``: of each rollout)."""
         cfg = self.cfg
+        positive_rows = None
+        if cfg.embedding_weight > 0:
+            positive_rows = torch.tensor([self.env.position[d] for d in positive_ids], device=self.policy.model.device)
         grouped = rewards.reshape(-1, cfg.group_size)
         advantages = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, keepdims=True) + 1e-4)
         device = self.policy.model.device
@@ -234,6 +277,9 @@ class RetrievalGRPO:
             kl = (ref - new).exp() - (ref - new) - 1 if ref is not None else torch.zeros_like(new)
             per_token = -(surrogate - cfg.kl_beta * kl) * mask
             loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
+            if cfg.embedding_weight > 0:
+                embedded = self.policy.forward(rollouts.sequences, keep_lower=False).embeddings
+                loss = loss + cfg.embedding_weight * self.index_info_nce(embedded, positive_rows)
             require_finite(loss, "rl update")
             loss.backward()
             self.policy.average_gradients(self.trainable)
@@ -286,6 +332,35 @@ def batch_start(order: list[int], step: int, cfg: RLConfig) -> int:
     return start
 
 
+def heldout_rows(triples: list[Triple], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train rows, held-out rows) of ``triples``: a ``fraction`` of the distinct queries, with all their triples, is
+    held out."""
+    queries = sorted({t.query for t in triples})
+    held = set(random.Random(seed).sample(queries, round(len(queries) * fraction)))
+    return [i for i, t in enumerate(triples) if t.query not in held], [i for i, t in enumerate(triples) if t.query in held]
+
+
+class HeldoutSelection:
+    """The held-out queries' greedy MRR (``RetrievalGRPO.heldout_mrr``), logged to ``heldout_log.csv``; ``final`` is
+    the policy where it was highest (step 0, the starting policy, included: a run that never beats it keeps it)."""
+
+    def __init__(self, trainer: RetrievalGRPO, rows: list[int], out: Path, main: bool):
+        self.trainer, self.rows, self.final = trainer, rows, out / "final"
+        self.log = CSVLog(out / "heldout_log.csv", ["step", "heldout_mrr", "heldout_bare_share"]) if main else None
+
+    def evaluate(self, step: int) -> None:
+        """Every process calls it (a sharded policy generates on all)."""
+        measured = self.trainer.heldout_mrr(self.rows)
+        best = None
+        if self.log is not None:
+            self.log.keep_steps_up_to(step - 1)  # rows a resumed run measured after its checkpoint are measured anew
+            rows = self.log.rows()
+            self.log.append({"step": step, **measured})
+            best = not rows or measured["heldout_mrr"] > max(float(r["heldout_mrr"]) for r in rows) or not self.final.exists()
+        if distributed.broadcast_from_main(best):
+            self.trainer.policy.save(self.final)
+
+
 def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
     """GRPO steps over the training queries, checkpointed every ``save_every`` steps with the index; an existing
     checkpoint is resumed without re-encoding the corpus. Launched with ``accelerate launch`` or ``torchrun``, each process takes
@@ -304,7 +379,11 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
     log = CSVLog(out / "rl_log.csv", COLUMNS) if main else None
     if log is not None:
         log.keep_steps_up_to(first)
-    order, steps = list(range(len(triples))), (checkpoint or {}).get("steps", [])
+    order, held = heldout_rows(triples, cfg.heldout_fraction, cfg.seed)
+    selection = HeldoutSelection(trainer, held, out, main) if held else None
+    if selection is not None and first == 0:
+        selection.evaluate(0)
+    steps = (checkpoint or {}).get("steps", [])
     for step in range(first):  # the data order as it was at the checkpoint
         batch_start(order, step, cfg)
     for step in tqdm(range(first, cfg.steps), desc="rl", initial=first, total=cfg.steps,
@@ -325,9 +404,12 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
                             {**run_state(cfg, trainer.scheduler), "environment": trainer.env.state(),
                              "rng": torch.get_rng_state(), "steps": steps,
                              "reward_audits": trainer.reward_audits, "full_refresh_seconds": trainer.full_refresh_seconds})
+        if selection is not None and ((step + 1) % (cfg.eval_every or cfg.steps) == 0 or step + 1 == cfg.steps):
+            selection.evaluate(step + 1)
     audited = cfg.audit_queries or trainer.reward_audits
     audit = trainer.audit_index(steps, cfg.audit_queries) if audited else None  # every process encodes
-    trainer.policy.save(out / "final")
+    if selection is None:
+        trainer.policy.save(out / "final")
     if main:
         plot_log(log, out / "rl_plot.png")
         if audit:

@@ -12,12 +12,13 @@ from tqdm.auto import tqdm
 
 from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_folder, atomic_write_json
-from searchr3_eval.data import load_beir_folder
+from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.distributed import gather_rows
 from searchr3_eval.errors import UserError
 from trainer import sharding
 from trainer.config import SFTConfig
 from trainer.data import Triple, load_triples, mine_bm25_triples
+from trainer.frozen_index import FrozenDocuments, document_embeddings
 from trainer.logging_utils import CSVLog, plot_log
 from trainer.losses import answer_cross_entropy, info_nce, require_finite, token_kl, triplet
 from trainer.modeling import Policy
@@ -34,17 +35,19 @@ def training_triples(cfg: SFTConfig) -> list[Triple]:
     raise UserError("the SFT config needs train_file or beir_dir")
 
 
-def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dict[str, torch.Tensor], int]:
+def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig,
+               index: FrozenDocuments | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """All loss terms for one batch, and the number of tokens it processed. Triples may carry different numbers of
     hard negatives (up to ``num_negatives`` each): InfoNCE scores every query against all positives and negatives of
-    the batch, the triplet term pairs each negative with its own query."""
-    docs, owners = [t.positive for t in batch], []
-    for row, t in enumerate(batch):
+    the batch, the triplet term pairs each negative with its own query. With a frozen ``index`` (a query adapter)
+    no document is encoded: InfoNCE scores every query against the whole corpus, and there is no triplet term."""
+    docs, owners = ([t.positive for t in batch] if index is None else []), []
+    for row, t in enumerate(batch if index is None else []):
         for negative in t.negatives[: cfg.num_negatives]:
             docs.append(negative)
             owners.append(row)
     q_seq, q_answer = policy.direct_sequences([t.query for t in batch], "query", cfg.max_query_length)
-    d_seq, d_answer = policy.direct_sequences(docs, "document", cfg.max_document_length)
+    d_seq, d_answer = policy.direct_sequences(docs, "document", cfg.max_document_length) if docs else ([], [])
     sequences, answers = q_seq + d_seq, q_answer + d_answer
     reasoning_rows = [row for row, t in enumerate(batch) if t.analysis] if cfg.reasoning else []
     if cfg.reasoning:  # the language model learns to write analyses; a direct answer is never generated
@@ -60,37 +63,63 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig) -> tuple[dic
         if len(targets):
             kl = token_kl(logprobs, ref_logprobs)
     size, n_docs = len(batch), len(docs)
-    queries, positives, negatives = embeddings[:size], embeddings[size : 2 * size], embeddings[2 * size : size + n_docs]
+    queries = embeddings[:size]
     views = [queries]  # each query's direct embedding, and with reasoning its reasoning one where it has an analysis
     if cfg.reasoning:
         rows = torch.tensor(reasoning_rows, dtype=torch.long, device=queries.device)
         views.append(queries.index_copy(0, rows, embeddings[size + n_docs :]))
-    all_positives, all_negatives = gather_rows(positives), gather_rows(negatives)
-    terms = {
-        "sft": answer_cross_entropy(logprobs, targets) if len(targets) else logprobs.sum(),
-        "kl": kl,
-        # across processes InfoNCE scores every query of the global batch against all its documents
-        "infonce": sum(info_nce(gather_rows(v), all_positives, all_negatives, cfg.temperature) for v in views) / len(views),
-        "triplet": sum(triplet(v[owners], positives[owners], negatives[:, None, :], cfg.margin) for v in views) / len(views)
-        if owners else torch.zeros_like(kl),
-    }
+    terms = {"sft": answer_cross_entropy(logprobs, targets) if len(targets) else logprobs.sum(), "kl": kl}
+    if index is not None:
+        positive_rows = index.rows([t.positive for t in batch], "sft batch")
+        terms |= {"infonce": sum(index.info_nce(v, positive_rows, cfg.temperature) for v in views) / len(views),
+                  "triplet": torch.zeros_like(kl)}
+    else:
+        terms |= _in_batch_terms(views, embeddings[size : 2 * size], embeddings[2 * size : size + n_docs], owners, cfg)
     w = cfg.weights
     terms["total"] = w.sft * terms["sft"] + w.kl * terms["kl"] + w.infonce * terms["infonce"] + w.triplet * terms["triplet"]
     return terms, sum(len(s) for s in sequences)
 
 
+def _in_batch_terms(views: list[torch.Tensor], positives: torch.Tensor, negatives: torch.Tensor, owners: list[int],
+                    cfg: SFTConfig) -> dict[str, torch.Tensor]:
+    """InfoNCE against the batch's documents (across processes: the global batch's) and the triplet term."""
+    all_positives, all_negatives = gather_rows(positives), gather_rows(negatives)
+    return {
+        # across processes InfoNCE scores every query of the global batch against all its documents
+        "infonce": sum(info_nce(gather_rows(v), all_positives, all_negatives, cfg.temperature) for v in views) / len(views),
+        "triplet": sum(triplet(v[owners], positives[owners], negatives[:, None, :], cfg.margin) for v in views) / len(views)
+        if owners else torch.zeros((), device=positives.device),
+    }
+
+
 @torch.no_grad()
-def heldout_infonce(policy: Policy, triples: list[Triple], temperature: float, batch_size: int = 16) -> float:
-    """Mean InfoNCE of held-out (query, positive) pairs against the other positives of their batch, through the
-    training forward (bf16 autocast and the lower-layer cache when the policy uses them)."""
+def heldout_infonce(policy: Policy, triples: list[Triple], temperature: float, batch_size: int = 16,
+                    index: FrozenDocuments | None = None) -> float:
+    """Mean InfoNCE of held-out (query, positive) pairs against the other positives of their batch (with a frozen
+    ``index``: against its whole corpus), through the training forward (bf16 autocast and the lower-layer cache when
+    the policy uses them)."""
     policy.model.eval()
     losses = []
     for start in range(0, len(triples), batch_size):
         batch = triples[start : start + batch_size]
         q = policy.forward(policy.direct_sequences([t.query for t in batch], "query")[0]).embeddings
+        if index is not None:
+            losses.append(index.info_nce(q, index.rows([t.positive for t in batch], "held-out pairs"),
+                                         temperature).item() * len(batch))
+            continue
         p = policy.forward(policy.direct_sequences([t.positive for t in batch], "document")[0]).embeddings
         losses.append(info_nce(q, p, None, temperature).item() * len(batch))
     return sum(losses) / len(triples)
+
+
+def frozen_documents(cfg: SFTConfig, policy: Policy, show_progress: bool) -> FrozenDocuments:
+    """The frozen index of a query adapter's SFT: ``index_dir``'s whole corpus as the document model embeds it."""
+    if not cfg.index_dir:
+        raise UserError("query_adapter SFT needs index_dir: the BEIR folder whose corpus holds every positive")
+    corpus = load_beir_folder(Path(cfg.index_dir), cfg.beir_split).corpus
+    texts = [document_text(d) for d in corpus.values()]
+    embeddings, _ = document_embeddings(policy.document_model, texts, cfg.cache_dir, show_progress)
+    return FrozenDocuments(texts, embeddings, policy.model.device)
 
 
 def batch_at(triples: list[Triple], index: int, batch_size: int, seed: int) -> list[Triple]:
@@ -149,6 +178,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     triples = training_triples(cfg)
     policy = Policy.from_config(cfg)
+    index = frozen_documents(cfg, policy, show_progress) if policy.query_adapter else None
     if plugin is not None:
         policy.shard(plugin)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
@@ -165,7 +195,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     heldout = load_triples(cfg.eval_file) if cfg.eval_file else None
     evals = CSVLog(out / "heldout_log.csv", ["step", "heldout_infonce"]) if heldout and main else None
     if heldout and not distributed.broadcast_from_main(evals is not None and bool(evals.rows())):
-        at_start = heldout_infonce(policy, heldout, cfg.temperature)
+        at_start = heldout_infonce(policy, heldout, cfg.temperature, index=index)
         if evals is not None:
             evals.append({"step": 0, "heldout_infonce": at_start})
     log = CSVLog(out / "loss_log.csv", COLUMNS) if main else None
@@ -177,7 +207,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         start, tokens, sums = time.perf_counter(), 0, {}
         for micro in range(cfg.grad_accum):
             batch = batch_at(triples, step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
-            terms, n_tokens = sft_losses(policy, distributed.shard_of(batch, rank, size), cfg)
+            terms, n_tokens = sft_losses(policy, distributed.shard_of(batch, rank, size), cfg, index)
             require_finite(terms["total"], f"sft step {step + 1}")
             (terms["total"] / cfg.grad_accum).backward()
             tokens += n_tokens
@@ -190,7 +220,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         if main:
             log.append({"step": step + 1, **sums, "tokens_per_second": tokens_per_second, **stepped})
         if heldout and ((step + 1) % (cfg.eval_every or total_steps) == 0 or step + 1 == total_steps):
-            _evaluate_and_keep_best(policy, heldout, cfg, step + 1, evals, out / "final")
+            _evaluate_and_keep_best(policy, heldout, cfg, step + 1, evals, out / "final", index)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             save_checkpoint(policy, optimizer, step + 1, checkpoint, run_state(cfg, scheduler))
         distributed.barrier()
@@ -210,10 +240,10 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
 
 
 def _evaluate_and_keep_best(policy: Policy, heldout: list[Triple], cfg: SFTConfig, step: int, evals: CSVLog | None,
-                            final: Path) -> None:
+                            final: Path, index: FrozenDocuments | None) -> None:
     """The held-out InfoNCE at ``step``, logged by process 0 (``evals``); the model is saved to ``final`` when it is
     the lowest after step 0. Every process calls it."""
-    value = heldout_infonce(policy, heldout, cfg.temperature)
+    value = heldout_infonce(policy, heldout, cfg.temperature, index=index)
     best = None
     if evals is not None:
         earlier = [float(r["heldout_infonce"]) for r in evals.rows() if int(r["step"]) not in (0, step)]

@@ -4,6 +4,10 @@ The folder holds peft's ``adapter_config.json`` and ``adapter_model.safetensors`
 input, and if untied output, embedding rows of the tokens added to the base vocabulary) and ``searchr3_adapter.json``
 (the base model spec, and the prompt preset the model was trained with: the evaluator's default for it). Models shipped in the package live under ``searchr3_eval/weights/<name>`` and load as
 ``searchr3:<name>``.
+
+A *query adapter* is an adapter over another Search-R3 model (its base, the document model) that only queries use:
+its manifest says ``"side": "query"``; documents are embedded by the document model as they are without it, so
+their cached embeddings are shared.
 """
 from __future__ import annotations
 
@@ -41,11 +45,26 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
+def document_model_of(folder: str | Path) -> str | None:
+    """The document model a query adapter applies to (its base), or None when ``folder`` is not a query adapter."""
+    if not is_adapter(folder):
+        return None
+    manifest = read_manifest(folder)
+    return manifest["base"] if manifest.get("side") == "query" else None
+
+
+def packaged_name(spec: str) -> str:
+    """A packaged model's folder as its name (``searchr3_eval/weights/smollm2-sft`` -> ``smollm2-sft``), so that a
+    manifest's base resolves on any machine; any other spec as it is."""
+    path = Path(spec).resolve()
+    return path.name if path.parent == SHIPPED_DIR and is_adapter(path) else spec
+
+
 def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int, prompts: str,
-                 state: dict[str, torch.Tensor] | None = None) -> None:
+                 state: dict[str, torch.Tensor] | None = None, side: str | None = None) -> None:
     """Write the adapter, the added tokens' embedding rows and the manifest (the tokenizer is the base's plus the
     embed token, so it is not saved). ``state``: the model's whole state dict (from its shards, when it is sharded);
-    default ``peft_model.state_dict()``."""
+    default ``peft_model.state_dict()``. ``side="query"``: a query adapter over the Search-R3 model ``base``."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -61,7 +80,7 @@ def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int
     if output_embeddings is not None and output_embeddings.weight is not input_embeddings.weight:
         rows["output"] = state[f"{names[output_embeddings]}.weight"][base_vocab_size:].float().contiguous()
     save_file({k: v.detach().cpu() for k, v in rows.items()}, str(folder / ROWS_FILE))
-    manifest = {"base": base, "base_vocab_size": base_vocab_size, "prompts": prompts}
+    manifest = {"base": base, "base_vocab_size": base_vocab_size, "prompts": prompts, **({"side": side} if side else {})}
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     normal_permissions(folder)
 
@@ -74,14 +93,15 @@ def load_adapter(folder: str | Path, dtype: str, attn_implementation: str | None
     from safetensors.torch import load_file
 
     from searchr3_eval.models.llm import DTYPES, load_causal_lm, resolve_device, resolve_dtype
-    from searchr3_eval.models.searchr3 import add_embed_token
+    from searchr3_eval.models.searchr3 import add_embed_token, embed_token_id
 
     manifest = read_manifest(folder)
     model, tokenizer, _, _ = load_causal_lm(manifest["base"], "float32", attn_implementation, device)
     if len(tokenizer) != manifest["base_vocab_size"]:
         raise UserError(f"{folder}: base {manifest['base']!r} has {len(tokenizer)} tokens, the adapter expects "
                         f"{manifest['base_vocab_size']}")
-    add_embed_token(model, tokenizer)
+    if embed_token_id(tokenizer) is None:  # a query adapter's base (a Search-R3 model) has it already
+        add_embed_token(model, tokenizer)
     rows = load_file(str(Path(folder) / ROWS_FILE))
     with torch.no_grad():
         model.get_input_embeddings().weight[manifest["base_vocab_size"]:] = rows["input"]

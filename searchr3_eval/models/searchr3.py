@@ -18,7 +18,7 @@ import torch
 
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import DenseEncoder, Kind, l2_normalize
-from searchr3_eval.models.llm import last_hidden_states, left_pad, load_causal_lm
+from searchr3_eval.models.llm import last_hidden_states, left_pad, load_causal_lm, resolve_llm
 
 EMBED_TOKEN = "<|embed_token|>"
 Reasoning = Literal["off", "on", "all"]  # on: queries reason, documents direct; all: both reason
@@ -59,7 +59,6 @@ def trained_preset(name_or_path: str) -> str:
     """The prompt preset a model was trained with: a trained adapter records it (adapters saved before this was
     recorded, and every other model, use the paper's)."""
     from searchr3_eval.models.adapter import is_adapter, read_manifest
-    from searchr3_eval.models.llm import resolve_llm
 
     folder = resolve_llm(name_or_path)[0]
     return read_manifest(folder).get("prompts", DEFAULT_PRESET) if is_adapter(folder) else DEFAULT_PRESET
@@ -149,11 +148,17 @@ class SearchR3Encoder(DenseEncoder):
         add_embed_token: bool = False,
         reasoning_samples: int = 1,
         reasoning_temperature: float = 0.8,
+        documents: "SearchR3Encoder | None" = None,
         **kwargs,
     ):
+        """``documents``: the encoder of the document model when ``model`` is a query adapter's (queries only)."""
         super().__init__(**kwargs)
         if reasoning not in ("off", "on", "all"):
             raise UserError(f"--reasoning must be off, on or all, not {reasoning!r}")
+        if documents is not None and reasoning == "all":
+            raise UserError(f"{name}: a query adapter reasons on queries only; documents are its document model's "
+                            "direct embeddings (use --reasoning on)")
+        self.documents = documents
         token_id = embed_token_id(tokenizer)
         if token_id is None:
             raise UserError(f"model {name!r} has no {EMBED_TOKEN} token: it is not a Search-R3 model (use --add-embed-token)")
@@ -173,14 +178,34 @@ class SearchR3Encoder(DenseEncoder):
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32", add_token: bool = False,
                         attn_implementation: str | None = None, device: str = "cpu", prompts: Prompts | None = None,
                         **kwargs) -> "SearchR3Encoder":
-        """Load a model; ``prompts`` default to the preset it was trained with (``trained_preset``)."""
+        """Load a model; ``prompts`` default to the preset it was trained with (``trained_preset``). A query adapter
+        (``adapter.document_model_of``) embeds queries and its document model, loaded beside it, the documents."""
+        from searchr3_eval.models.adapter import document_model_of
+
         prompts = prompts or resolve_prompts(trained_preset(name_or_path))
         model, tokenizer, revision, display = load_causal_lm(name_or_path, dtype, attn_implementation, device)
         if embed_token_id(tokenizer) is None and add_token:
             add_embed_token(model, tokenizer)
             display += ", untrained embed token"
+        documents = None
+        if (document_model := document_model_of(resolve_llm(name_or_path)[0])) is not None:
+            direct = {**kwargs, "reasoning": "off", "backend": "transformers"}  # documents never generate
+            documents = cls.from_pretrained(document_model, dtype, False, attn_implementation, device, prompts, **direct)
         return cls(model, tokenizer, name=f"Search-R3 ({display})", revision=revision, prompts=prompts,
-                   add_embed_token=add_token, device=str(model.device), **kwargs)
+                   add_embed_token=add_token, device=str(model.device), documents=documents, **kwargs)
+
+    def cache_key(self, kind: Kind) -> str:
+        if kind == "document" and self.documents is not None:
+            return self.documents.cache_key(kind)
+        return super().cache_key(kind)
+
+    def encode(self, texts: list[str], kind: Kind, batch_size: int | None = None, allocate=None) -> np.ndarray:
+        """A query adapter's documents are its document model's embeddings (the same cache entries)."""
+        if kind == "document" and self.documents is not None:
+            vectors = self.documents.encode(texts, kind, batch_size, allocate)
+            self.last_stats = self.documents.last_stats
+            return vectors
+        return super().encode(texts, kind, batch_size, allocate)
 
     @property
     def settings(self) -> dict:

@@ -1,0 +1,172 @@
+"""Query adapters: a LoRA over a Search-R3 model that only queries use, trained against that model's frozen documents."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from searchr3_eval.cache import EmbeddingCache
+from searchr3_eval.data import document_text, load_beir_folder
+from searchr3_eval.errors import UserError
+from searchr3_eval.models import ModelOptions, describe, load_model, parse_model_spec
+from searchr3_eval.models.adapter import document_model_of
+from searchr3_eval.models.llm import llm_revision
+from searchr3_eval.models.searchr3 import add_embed_token
+from trainer.config import LossWeights, RLConfig, SFTConfig
+from trainer.data import Triple, write_triples
+from trainer.frozen_index import document_embeddings
+from trainer.modeling import Policy
+from trainer.rl import train_rl
+from trainer.sft import train_sft
+from tests.conftest import make_tiny_chat_model
+from tests.test_trainer import WORDS
+
+OPTIONS = {"show_progress": False}  # the evaluation defaults, which the frozen index uses
+
+
+@pytest.fixture(scope="module")
+def document_model(tmp_path_factory) -> Path:
+    """A Search-R3 model (the tiny Qwen2 with its embed token) saved as a Hugging Face folder."""
+    model, tokenizer = make_tiny_chat_model(seed=1)
+    add_embed_token(model, tokenizer)
+    folder = tmp_path_factory.mktemp("document-model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def keyword_folder(folder: Path) -> Path:
+    """A BEIR folder of toy documents, one per word ("notes about <word>, filed under <topic>"), queried by the word."""
+    (folder / "qrels").mkdir(parents=True)
+    with open(folder / "corpus.jsonl", "w") as corpus, open(folder / "queries.jsonl", "w") as queries:
+        for i, word in enumerate(WORDS):
+            corpus.write(json.dumps({"_id": f"d{i}", "title": f"On {word}", "text": f"notes about {word} here"}) + "\n")
+            queries.write(json.dumps({"_id": f"q{i}", "text": f"find {word}"}) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{i}\t1\n" for i in range(len(WORDS))))
+    return folder
+
+
+def keyword_pairs(templates: list[str]) -> list[Triple]:
+    """Each word asked for in each template, its document the positive, its title the analysis to write."""
+    return [Triple(t.format(word), f"On {word} notes about {word} here", [], f"On {word}") for t in templates
+            for word in WORDS]
+
+
+def query_sft_config(document_model: Path, data_dir: Path, tmp_path: Path, **overrides) -> SFTConfig:
+    write_triples(tmp_path / "train.jsonl", keyword_pairs(["find {}", "get {}", "{} wanted"]))
+    write_triples(tmp_path / "heldout.jsonl", keyword_pairs(["find the {}"]))
+    index = keyword_folder(tmp_path / "keywords") if not (tmp_path / "keywords").exists() else tmp_path / "keywords"
+    settings = dict(model=str(document_model), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
+                    eval_file=str(tmp_path / "heldout.jsonl"), index_dir=str(index), beir_split="test",
+                    query_adapter=True, lora=True, lora_r=4, train_layers=1, learning_rate=1e-2, batch_size=16,
+                    max_steps=12, eval_every=4, temperature=0.1, max_length=200, mixed_precision="no", reasoning=True,
+                    weights=LossWeights(sft=1.0, kl=0.0, infonce=1.0, triplet=0.0), cache_dir=str(tmp_path / "cache"))
+    return SFTConfig(**{**settings, **overrides})
+
+
+def test_query_adapter_sft_learns_against_the_frozen_documents_the_evaluation_reuses(document_model, data_dir, tmp_path):
+    cfg = query_sft_config(document_model, data_dir, tmp_path)
+    summary = train_sft(cfg, show_progress=False)
+    held = summary["heldout_infonce"]
+    assert held["best"] < held["at_start"] - 0.1, held  # the whole-corpus InfoNCE of held-out queries fell
+    final = Path(summary["model"])
+    assert document_model_of(final) == str(document_model)
+    assert json.loads((final / "searchr3_adapter.json").read_text())["side"] == "query"
+
+    # the training filled the evaluation's cache with the document model's documents: the adapter's evaluation and
+    # the document model's own encode none of them again, and both give the same document embeddings
+    task = load_beir_folder(tmp_path / "keywords")
+    texts = [document_text(d) for d in task.corpus.values()]
+    cache = EmbeddingCache(tmp_path / "cache" / "embeddings.sqlite")
+    adapter = load_model(parse_model_spec(f"searchr3:{final}"), ModelOptions(**OPTIONS), cache)
+    plain = load_model(parse_model_spec(f"searchr3:{document_model}"), ModelOptions(**OPTIONS), cache)
+    documents = adapter.encode(texts, "document")
+    assert adapter.last_stats.cached == len(texts) and adapter.last_stats.encoded == 0
+    np.testing.assert_array_equal(documents, plain.encode(texts, "document"))
+    assert adapter.cache_key("document") == plain.cache_key("document")
+    queries = list(task.queries.values())
+    assert not np.allclose(adapter.encode(queries, "query"), plain.encode(queries, "query"), atol=1e-3)
+    assert adapter.cache_key("query") != plain.cache_key("query")
+
+    # the identity records both revisions: the adapter's files and the document model it applies to
+    identity = describe(parse_model_spec(f"searchr3:{final}"), ModelOptions(**OPTIONS))
+    assert identity.revision.endswith("+" + llm_revision(str(document_model))) and identity.revision != llm_revision(
+        str(document_model))
+    assert identity.settings == adapter.settings
+
+    # the evaluator's queries are the training forward's (weights merged for inference; both in float32)
+    evaluator = load_model(parse_model_spec(f"searchr3:{final}"), ModelOptions(**OPTIONS, dtype="float32"), None)
+    trained = Policy(str(final), max_length=200)
+    np.testing.assert_allclose(evaluator.encode(queries[:4], "query"), trained.encode(queries[:4], "query").numpy(),
+                               atol=1e-5)
+    with pytest.raises(UserError, match="reasons on queries only"):
+        load_model(parse_model_spec(f"searchr3:{final}"), ModelOptions(**OPTIONS, reasoning="all"), None)
+
+
+def test_query_adapter_needs_a_search_r3_model_lora_and_an_index(tiny_model_dir, document_model, data_dir, tmp_path):
+    with pytest.raises(UserError, match="not a Search-R3 model"):
+        Policy(str(tiny_model_dir), lora=True, query_adapter=True)
+    with pytest.raises(UserError, match="set lora: true"):
+        Policy(str(document_model), query_adapter=True)
+    with pytest.raises(UserError, match="needs index_dir"):
+        train_sft(query_sft_config(document_model, data_dir, tmp_path, index_dir=None), show_progress=False)
+    other = tmp_path / "other"
+    (other / "qrels").mkdir(parents=True)
+    (other / "corpus.jsonl").write_text('{"_id": "d1", "text": "a document of another corpus"}\n')
+    (other / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    (other / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with pytest.raises(UserError, match="16 positive\\(s\\) are not documents of the frozen index"):
+        train_sft(query_sft_config(document_model, data_dir, tmp_path, index_dir=str(other)), show_progress=False)
+
+
+def test_query_side_grpo_never_refreshes_its_index_and_keeps_the_best_heldout_policy(document_model, data_dir, tmp_path):
+    """GRPO continues a query adapter (the warm start) over its own document model."""
+    warm = train_sft(query_sft_config(document_model, data_dir, tmp_path, max_steps=2, eval_file=None),
+                     show_progress=False)["model"]
+    cfg = RLConfig(model=warm, output_dir=str(tmp_path / "rl"), beir_dir=str(data_dir / "MiniGSM"),
+                   beir_split="test", lora=True, lora_r=4, train_layers=1, group_size=3,
+                   batch_size=2, steps=3, max_new_tokens=6, learning_rate=1e-2, kl_beta=0.0, max_length=200,
+                   mixed_precision="no", heldout_fraction=0.25, eval_every=1, embedding_weight=1.0, save_every=1,
+                   cache_dir=str(tmp_path / "cache"))
+    train_rl(cfg, show_progress=False)
+    with open(tmp_path / "rl" / "rl_log.csv") as handle:
+        steps = list(csv.DictReader(handle))
+    assert len(steps) == 3 and all(int(s["refreshed_docs"]) == 0 for s in steps)
+    with open(tmp_path / "rl" / "heldout_log.csv") as handle:
+        held = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in held] == [0, 1, 2, 3]
+    assert all(0 < float(r["heldout_mrr"]) <= 1 for r in held)
+    assert document_model_of(tmp_path / "rl" / "final") == str(document_model)
+
+    # the index rewarded is the document model's documents as the evaluation embeds them (served by the cache now)
+    task = load_beir_folder(data_dir / "MiniGSM")
+    texts = [document_text(task.corpus[d]) for d in task.corpus]
+    vectors, _ = document_embeddings(str(document_model), texts, str(tmp_path / "cache"), show_progress=False)
+    plain = load_model(parse_model_spec(f"searchr3:{document_model}"), ModelOptions(show_progress=False), None)
+    np.testing.assert_array_equal(vectors, plain.encode(texts, "document"))
+
+
+def test_the_shipped_query_configs_hold_out_the_same_train_claims_in_both_stages(shared_beir, tmp_path):
+    """The GRPO stage selects on the claims the warm start held out, so neither stage trains on them."""
+    from dataclasses import replace
+
+    from trainer.config import DataConfig, load_config
+    from trainer.data import load_triples
+    from trainer.prepare import prepare_data
+    from trainer.rl import beir_training_set, heldout_rows
+
+    root = Path(__file__).resolve().parents[1]
+    data = load_config(root / "trainer/configs/data_reasoning_smollm2.yaml", DataConfig)
+    warm = load_config(root / "trainer/configs/query_sft_smollm2.yaml", SFTConfig)
+    grpo = load_config(root / "trainer/configs/query_rl_smollm2.yaml", RLConfig)
+    assert warm.query_adapter and warm.model == "smollm2-sft" and warm.train_file == f"{data.output_dir}/train.jsonl"
+    assert grpo.model == f"{warm.output_dir}/final" and grpo.beir_split == data.beir_split == "train"
+    assert (root / warm.index_dir / "corpus.jsonl").is_file() and Path(warm.index_dir) == Path(grpo.beir_dir)
+    prepare_data(replace(data, output_dir=str(tmp_path / "data"), beir_dirs=[str(shared_beir / "scifact")]))
+    triples, _ = beir_training_set(shared_beir / "scifact", grpo.beir_split)
+    train_rows, held_rows = heldout_rows(triples, grpo.heldout_fraction, grpo.seed)
+    held = {t.query for t in load_triples(tmp_path / "data" / "heldout.jsonl")}
+    assert held == {triples[i].query for i in held_rows} and len(held) > 50
+    assert not held & {triples[i].query for i in train_rows}

@@ -1,0 +1,58 @@
+"""The frozen document index of query-side training (``query_adapter: true``).
+
+A Search-R3 model's documents are embedded once, exactly as the evaluation embeds them (``searchr3-eval run`` with
+its default options: the same encoder, settings and embedding cache), and never change while a query adapter trains,
+so a rank rewarded or a loss computed against this index is the one the evaluation gives, and evaluating a
+checkpoint re-encodes only its queries.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from searchr3_eval import distributed
+from searchr3_eval.cache import EmbeddingCache, default_cache_dir
+from searchr3_eval.errors import UserError
+from searchr3_eval.models import ModelOptions, load_model, parse_model_spec
+
+
+def document_embeddings(document_model: str, texts: list[str], cache_dir: str | None = None,
+                        show_progress: bool = True) -> tuple[np.ndarray, float]:
+    """[N, H] embeddings of ``texts`` as documents of ``searchr3:<document_model>`` under the evaluation's default
+    options, read from (and written to) the embedding cache in ``cache_dir`` (default: the evaluation's), and the
+    seconds it took. Under several processes each encodes a share and all get the whole array."""
+    main = distributed.is_main()
+    cache = EmbeddingCache(Path(cache_dir or default_cache_dir()) / "embeddings.sqlite") if main else None
+    start = time.perf_counter()
+    encoder = load_model(parse_model_spec(f"searchr3:{document_model}"), ModelOptions(show_progress=show_progress), cache)
+    vectors = distributed.broadcast_from_main(encoder.encode(texts, "document"))
+    del encoder
+    return vectors, time.perf_counter() - start
+
+
+class FrozenDocuments:
+    """The index as a tensor with each document text's row, for losses over the whole corpus."""
+
+    def __init__(self, texts: list[str], embeddings: np.ndarray, device: torch.device | str = "cpu"):
+        self.row_of = {text: row for row, text in enumerate(texts)}
+        self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings)).to(device)
+
+    def rows(self, positives: list[str], where: str) -> torch.Tensor:
+        """The index row of each positive; every positive must be one of the index's documents."""
+        missing = sum(p not in self.row_of for p in positives)
+        if missing:
+            raise UserError(f"{where}: {missing} positive(s) are not documents of the frozen index (index_dir)")
+        return torch.tensor([self.row_of[p] for p in positives], dtype=torch.long, device=self.embeddings.device)
+
+    def info_nce(self, queries: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+        return corpus_info_nce(queries, self.embeddings, rows, temperature)
+
+
+def corpus_info_nce(queries: torch.Tensor, documents: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cosine InfoNCE of each query against every document of the corpus ([N, H], unit rows); its positive at ``rows``."""
+    logits = F.normalize(queries.float(), dim=-1) @ documents.T / temperature
+    return F.cross_entropy(logits, rows)
