@@ -21,7 +21,7 @@ from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.models.llm import cpu_has_native_bf16
 from searchr3_eval.models.searchr3 import direct_phrase
 from trainer.config import RLConfig
-from trainer.rl import RetrievalGRPO, beir_training_set
+from trainer.rl import RetrievalGRPO, beir_training_set, is_bare
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
                    query_adapter=True, group_size=args.group_size, batch_size=args.batch_size,
                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, kl_beta=0.0, learning_rate=1e-5)
     trainer = RetrievalGRPO(cfg, triples, corpus)
-    tokenizer, phrase = trainer.policy.tokenizer, direct_phrase(trainer.policy.prompter.prompts.direct_answer)
+    tokenizer, phrase = trainer.policy.tokenizer, direct_phrase(trainer.policy.format.prompts.direct_answer)
     rng = np.random.default_rng(0)
     variants = {"bf16 autocast": True, "float32": False} if cpu_has_native_bf16() else {"float32": False}
     result = {}
@@ -51,7 +51,7 @@ def main() -> None:
             rows = rng.choice(len(triples), cfg.batch_size, replace=False)
             batch = [triples[i] for i in rows]
             rollouts = trainer.rollout([t.query for t in batch[:1]], 2)  # warm-up and a look at the analyses
-            bare += [tokenizer.decode(a, skip_special_tokens=True).strip() in ("", phrase) for a in rollouts.actions]
+            bare += [is_bare(tokenizer.decode(a, skip_special_tokens=True), phrase) for a in rollouts.actions]
             steps.append(trainer.step(batch, [corpus.positive_ids[i] for i in rows]))
             print(name, {k: round(v, 3) for k, v in steps[-1].items()}, flush=True)
         mean = {k: float(np.mean([s[k] for s in steps])) for k in steps[0]}
@@ -61,7 +61,7 @@ def main() -> None:
             "update_seconds": round(mean["update_seconds"], 2),
             "step_seconds": round(mean["rollout_seconds"] + mean["update_seconds"], 2),
             "reward_spread": round(mean["reward_spread"], 4), "mean_rr": round(mean["mean_rr"], 4),
-            "bare_direct_phrase_share": round(float(np.mean(bare)), 3),
+            "bare_share (sampled analyses that say nothing: trainer.rl.is_bare)": round(float(np.mean(bare)), 3),
         }
     if len(result) == 2:
         result["float32 / bf16 step seconds"] = round(result["float32"]["step_seconds"]

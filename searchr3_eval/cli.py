@@ -22,7 +22,7 @@ QUIET_ENV = {"TQDM_DISABLE": "1"}
 def build_parser() -> argparse.ArgumentParser:
     from searchr3_eval.data import DEFAULT_TASK
     from searchr3_eval.models import DEFAULT_MODELS, ModelOptions
-    from searchr3_eval.models.searchr3 import PROMPT_PRESETS
+    from searchr3_eval.models.prompt_format import PROMPT_PRESETS
     from searchr3_eval.runner import DEFAULT_OUTPUT, DEFAULT_TOP_K
 
     d = ModelOptions()

@@ -12,7 +12,7 @@ from searchr3_eval.errors import UserError
 from searchr3_eval.models import ModelOptions, describe, load_model, parse_model_spec
 from searchr3_eval.models.adapter import document_model_of
 from searchr3_eval.models.llm import llm_revision
-from searchr3_eval.models.searchr3 import add_embed_token
+from searchr3_eval.models.prompt_format import add_embed_token
 from trainer.config import LossWeights, RLConfig, SFTConfig
 from trainer.data import Triple, write_triples
 from trainer.frozen_index import document_embeddings
@@ -59,7 +59,7 @@ def query_sft_config(document_model: Path, data_dir: Path, tmp_path: Path, **ove
     write_triples(tmp_path / "heldout.jsonl", keyword_pairs(["find the {}"]))
     index = keyword_folder(tmp_path / "keywords") if not (tmp_path / "keywords").exists() else tmp_path / "keywords"
     settings = dict(model=str(document_model), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
-                    eval_file=str(tmp_path / "heldout.jsonl"), index_dir=str(index), beir_split="test",
+                    eval_file=str(tmp_path / "heldout.jsonl"), index_dirs=[str(index)], beir_split="test",
                     query_adapter=True, lora=True, lora_r=4, train_layers=1, learning_rate=1e-2, batch_size=16,
                     max_steps=12, eval_every=4, temperature=0.1, max_length=200, mixed_precision="no", reasoning=True,
                     weights=LossWeights(sft=1.0, kl=0.0, infonce=1.0, triplet=0.0), cache_dir=str(tmp_path / "cache"))
@@ -110,15 +110,15 @@ def test_query_adapter_needs_a_search_r3_model_lora_and_an_index(tiny_model_dir,
         Policy(str(tiny_model_dir), lora=True, query_adapter=True)
     with pytest.raises(UserError, match="set lora: true"):
         Policy(str(document_model), query_adapter=True)
-    with pytest.raises(UserError, match="needs index_dir"):
-        train_sft(query_sft_config(document_model, data_dir, tmp_path, index_dir=None), show_progress=False)
+    with pytest.raises(UserError, match="needs index_dirs"):
+        train_sft(query_sft_config(document_model, data_dir, tmp_path, index_dirs=[]), show_progress=False)
     other = tmp_path / "other"
     (other / "qrels").mkdir(parents=True)
     (other / "corpus.jsonl").write_text('{"_id": "d1", "text": "a document of another corpus"}\n')
     (other / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
     (other / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
     with pytest.raises(UserError, match="16 positive\\(s\\) are not documents of the frozen index"):
-        train_sft(query_sft_config(document_model, data_dir, tmp_path, index_dir=str(other)), show_progress=False)
+        train_sft(query_sft_config(document_model, data_dir, tmp_path, index_dirs=[str(other)]), show_progress=False)
 
 
 def test_query_side_grpo_never_refreshes_its_index_and_keeps_the_best_heldout_policy(document_model, data_dir, tmp_path):
@@ -163,7 +163,8 @@ def test_the_shipped_query_configs_hold_out_the_same_train_claims_in_both_stages
     grpo = load_config(root / "trainer/configs/query_rl_smollm2.yaml", RLConfig)
     assert warm.query_adapter and warm.model == "smollm2-sft" and warm.train_file == f"{data.output_dir}/train.jsonl"
     assert grpo.model == f"{warm.output_dir}/final" and grpo.beir_split == data.beir_split == "train"
-    assert (root / warm.index_dir / "corpus.jsonl").is_file() and Path(warm.index_dir) == Path(grpo.beir_dir)
+    assert warm.index_dirs and all((root / d / "corpus.jsonl").is_file() for d in warm.index_dirs)
+    assert [Path(d) for d in warm.index_dirs] == [Path(grpo.beir_dir)]
     prepare_data(replace(data, output_dir=str(tmp_path / "data"), beir_dirs=[str(shared_beir / "scifact")]))
     triples, _ = beir_training_set(shared_beir / "scifact", grpo.beir_split)
     train_rows, held_rows = heldout_rows(triples, grpo.heldout_fraction, grpo.seed)

@@ -8,7 +8,8 @@ from searchr3_eval.cache import EmbeddingCache, text_hash
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base_llm import LastTokenEncoder
 from searchr3_eval.models.mteb_wrapper import MTEBEncoder
-from searchr3_eval.models.searchr3 import EMBED_TOKEN, PROMPT_PRESETS, SearchR3Encoder, resolve_prompts
+from searchr3_eval.models.prompt_format import EMBED_TOKEN, PROMPT_PRESETS, resolve_prompts
+from searchr3_eval.models.searchr3 import SearchR3Encoder
 
 TEXTS = [
     "How many bolts in total does it take?",
@@ -50,13 +51,13 @@ def test_broken_weights_stop_with_one_error_instead_of_scoring_zero(tiny_model_d
 
 def test_hidden_state_is_read_at_the_embed_token_under_left_padding(encoder):
     short, long = TEXTS[2], TEXTS[1]
-    ids = encoder.sequences([short], "query")[0]
+    ids = encoder.format.sequences([short], "query")[0]
     assert ids[-1] == encoder.embed_id == encoder.tokenizer.convert_tokens_to_ids(EMBED_TOKEN)
     with torch.inference_mode():
         hidden = encoder.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
     expected = (hidden[ids.index(encoder.embed_id)] / hidden[-1].norm()).numpy()
     batch, _ = encoder.embed([long, short], "query")  # the short text is left-padded here
-    assert len(encoder.sequences([long], "query")[0]) > len(ids)
+    assert len(encoder.format.sequences([long], "query")[0]) > len(ids)
     np.testing.assert_allclose(batch[1], expected, atol=1e-5)
 
 
@@ -75,11 +76,11 @@ def test_paper_prompt_is_shared_and_instruct_prompts_differ_by_kind(encoder, tin
 
 def test_left_truncation_keeps_the_embed_token(tiny_model_dir):
     short = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, max_length=160, show_progress=False)
-    ids = short.sequences([" ".join(TEXTS * 10)], "document")[0]
+    ids = short.format.sequences([" ".join(TEXTS * 10)], "document")[0]
     assert 150 <= len(ids) <= 160 and ids[-1] == short.embed_id
-    short.max_length = 40
+    short.format.max_length = 40
     with pytest.raises(UserError, match="leaves no room for text"):
-        short.sequences(TEXTS[:1], "document")
+        short.format.sequences(TEXTS[:1], "document")
 
 
 def test_reasoning_text_is_generated_and_cached(tiny_model_dir, tmp_path):
@@ -90,8 +91,8 @@ def test_reasoning_text_is_generated_and_cached(tiny_model_dir, tmp_path):
     first = enc.encode(TEXTS[:3], "query")
     reasoning = enc.last_stats.reasoning
     assert enc.last_stats.encoded == 3 and all(isinstance(r, str) for r in reasoning)
-    seq = enc.sequences(TEXTS[:1], "query", reasoning[:1])[0]
-    assert seq[-1] == enc.embed_id and len(seq) > len(enc.generation_prompts(TEXTS[:1], "query")[0])
+    seq = enc.format.sequences(TEXTS[:1], "query", reasoning[:1])[0]
+    assert seq[-1] == enc.embed_id and len(seq) > len(enc.format.generation_prompts(TEXTS[:1], "query")[0])
     again = enc.encode(TEXTS[:3], "query")
     assert enc.last_stats.encoded == 0 and enc.last_stats.cached == 3
     assert enc.last_stats.reasoning == reasoning
@@ -115,7 +116,7 @@ def test_several_sampled_analyses_give_the_normalised_mean_of_their_embeddings(t
     assert [len(s) for s in samples] == [3, 3] and any(len(set(s)) > 1 for s in samples)  # sampled, not greedy
     for text, analyses, vector in zip(TEXTS[:2], samples, vectors):
         with torch.no_grad():  # each analysis's own embedding, then their normalised mean
-            hidden = last_hidden_states(enc.model, enc.sequences([text] * 3, "query", analyses), enc.tokenizer.pad_token_id)
+            hidden = last_hidden_states(enc.model, enc.format.sequences([text] * 3, "query", analyses), enc.tokenizer.pad_token_id)
         expected = l2_normalize(l2_normalize(hidden.float().numpy()).mean(axis=0, keepdims=True))[0]
         np.testing.assert_allclose(vector, expected, atol=1e-5)
     np.testing.assert_array_equal(enc.encode(TEXTS[:2], "query"), vectors)  # cached
@@ -157,7 +158,7 @@ def test_cache_key_depends_on_settings(tiny_model_dir):
     assert off.cache_key("query") != off.cache_key("document")
     # with reasoning="on" documents are embedded directly: they share reasoning="off"'s cached embeddings
     assert off.cache_key("document") == on.cache_key("document") != both.cache_key("document")
-    on.max_length = 64
+    on.format.max_length = 64
     assert off.cache_key("document") != on.cache_key("document")
 
 
@@ -216,8 +217,8 @@ def test_base_llm_last_token_encoder(tiny_model_dir):
 
 def test_direct_answer_length_matches_each_rendered_sequence(encoder):
     for text in TEXTS:
-        prompt = encoder._render(encoder._messages(text, "document", False), None)
-        assert len(encoder.sequences([text], "document")[0]) - len(prompt) == encoder.direct_answer_length("document")
+        prompt = encoder.format.render(encoder.format.messages(text, "document", False), None)
+        assert len(encoder.format.sequences([text], "document")[0]) - len(prompt) == encoder.format.direct_answer_length("document")
 
 
 QWEN25_TEMPLATE = (Path(__file__).parent / "fixtures" / "qwen2.5-instruct-chat-template.jinja").read_text()
@@ -232,7 +233,7 @@ def test_default_prompt_is_the_papers_format_under_the_qwen25_template(tiny_mode
                 f"<|im_start|>assistant\nThe embedding is {EMBED_TOKEN}")
     expected_ids = enc.tokenizer(expected, add_special_tokens=False)["input_ids"]
     for kind in ("query", "document"):
-        (ids,) = enc.sequences([text], kind)
+        (ids,) = enc.format.sequences([text], kind)
         assert ids == expected_ids
         assert enc.tokenizer.decode(ids) == expected
 
@@ -240,10 +241,10 @@ def test_default_prompt_is_the_papers_format_under_the_qwen25_template(tiny_mode
 def test_instruct_preset_and_overrides(tiny_model_dir):
     prompts = resolve_prompts("instruct", system="Be brief.", query="Q: ")
     enc = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False, prompts=prompts)
-    rendered = enc.tokenizer.decode(enc.sequences(["abc"], "query")[0])
+    rendered = enc.tokenizer.decode(enc.format.sequences(["abc"], "query")[0])
     assert rendered.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ: abc<|im_end|>")
     assert rendered.endswith("The embedding of this text is " + EMBED_TOKEN)
-    assert "Represent this document for retrieval:\nabc" in enc.tokenizer.decode(enc.sequences(["abc"], "document")[0])
+    assert "Represent this document for retrieval:\nabc" in enc.tokenizer.decode(enc.format.sequences(["abc"], "document")[0])
     with pytest.raises(UserError, match="unknown prompt preset 'nope'"):
         resolve_prompts("nope")
 
@@ -308,7 +309,7 @@ def test_encode_reports_tokens_and_padding_waste(encoder):
     assert stats.tokens == sum(lengths) and stats.padded_tokens >= stats.tokens
     assert 0 <= stats.padding_waste < 1
     for text, length in zip(TEXTS, encoder.text_lengths(TEXTS, "document")):
-        assert length == len(encoder.sequences([text], "document")[0])
+        assert length == len(encoder.format.sequences([text], "document")[0])
 
 
 def test_auto_dtype_is_resolved_and_recorded():

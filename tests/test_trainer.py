@@ -9,7 +9,7 @@ import torch
 
 from searchr3_eval.data import load_task
 from searchr3_eval.errors import UserError
-from searchr3_eval.models.searchr3 import SearchR3Encoder
+from searchr3_eval.models.searchr3 import SearchR3Encoder, TransformersGenerator
 from trainer.config import LossWeights, RLConfig, SFTConfig, load_config
 from trainer.data import Triple, load_triples, mine_bm25_triples, write_triples
 from trainer.environment import RetrievalEnvironment, overlap_at_k
@@ -170,7 +170,8 @@ def test_a_diverging_loss_stops_sft_before_it_reaches_the_weights(tiny_model_dir
 
 def greedy_analyses(policy: Policy, queries: list[str]) -> list[str]:
     """What the evaluation's reasoning mode generates for ``queries`` (greedy, up to the embed token)."""
-    return policy.prompter.generator(policy.prompter.generation_prompts(queries, "query"), 16)
+    return TransformersGenerator(policy.model, policy.tokenizer, policy.embed_id, policy.format.prompts.direct_answer)(
+        policy.format.generation_prompts(queries, "query"), 16)
 
 
 def test_reasoning_sft_teaches_an_analysis_before_the_embed_token(tiny_model_dir, tmp_path):
@@ -454,7 +455,7 @@ def test_a_trained_adapter_carries_its_prompt_preset_to_the_evaluator(tiny_model
     """An adapter trained with the instruct preset records it; the evaluator and further training use it unless told
     otherwise (as a sentence-transformers model carries its prompts); a model without a record uses the paper's."""
     from searchr3_eval.models import ModelOptions, describe, load_model, parse_model_specs
-    from searchr3_eval.models.searchr3 import PROMPT_PRESETS
+    from searchr3_eval.models.prompt_format import PROMPT_PRESETS
 
     write_triples(tmp_path / "train.jsonl", keyword_triples(1, 16))
     cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),
@@ -468,7 +469,7 @@ def test_a_trained_adapter_carries_its_prompt_preset_to_the_evaluator(tiny_model
     assert describe(spec, ModelOptions(max_length=160)).settings == trained.settings
     paper = load_model(spec, ModelOptions(max_length=160, prompts="paper", show_progress=False), cache=None)
     assert paper.prompts == PROMPT_PRESETS["paper"] and paper.cache_key("query") != trained.cache_key("query")
-    assert Policy(str(final), lora=True, max_length=160).prompter.prompts == PROMPT_PRESETS["instruct"]
+    assert Policy(str(final), lora=True, max_length=160).format.prompts == PROMPT_PRESETS["instruct"]
     assert SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True).prompts == PROMPT_PRESETS["paper"]
     (tmp_path / "bad.yaml").write_text("model: m\noutput_dir: o\nprompts: chat\n")
     with pytest.raises(UserError, match="bad.yaml: unknown prompt preset 'chat'"):

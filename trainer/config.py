@@ -71,7 +71,8 @@ class SFTConfig(RunConfig):
     # words every trained analysis starts with (e.g. "Relevant paper: "): a greedy first token that only a reasoning
     # answer has, where an analysis's own first word is spread over many and loses to the direct phrase's "The"
     analysis_lead: str = ""
-    index_dir: str | None = None  # query_adapter: a BEIR folder whose whole corpus is the frozen index (holds every positive)
+    # query_adapter: BEIR folders whose corpora together are the frozen index (it must hold every positive)
+    index_dirs: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -186,7 +187,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
 
         resolve_device(values["device"])
     if values.get("prompts") is not None:
-        from searchr3_eval.models.searchr3 import resolve_prompts
+        from searchr3_eval.models.prompt_format import resolve_prompts
 
         resolve_prompts(values["prompts"])
     for key in POSITIVE & set(values):

@@ -45,7 +45,7 @@ class FrozenDocuments:
         """The index row of each positive; every positive must be one of the index's documents."""
         missing = sum(p not in self.row_of for p in positives)
         if missing:
-            raise UserError(f"{where}: {missing} positive(s) are not documents of the frozen index (index_dir)")
+            raise UserError(f"{where}: {missing} positive(s) are not documents of the frozen index (index_dirs)")
         return torch.tensor([self.row_of[p] for p in positives], dtype=torch.long, device=self.embeddings.device)
 
     def info_nce(self, queries: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -20,9 +20,10 @@ from searchr3_eval.models.llm import (
     check_bf16_on, cpu_has_native_bf16, last_hidden_states, left_pad, load_causal_lm, lower_hidden_states,
     padded_forward, resolve_device, upper_forward,
 )
-from searchr3_eval.models.searchr3 import (
-    EMBED_TOKEN, SearchR3Encoder, add_embed_token, embed_token_id, resolve_prompts, stop_token_ids, trained_preset,
+from searchr3_eval.models.prompt_format import (
+    EMBED_TOKEN, PromptFormat, add_embed_token, embed_token_id, resolve_prompts, trained_preset,
 )
+from searchr3_eval.models.searchr3 import stop_token_ids
 from trainer import sharding
 from trainer.config import RunConfig
 
@@ -49,7 +50,7 @@ class Forward:
 
 
 class Policy:
-    """Holds model, tokenizer, the prompt builder (a ``SearchR3Encoder``) and the frozen reference."""
+    """Holds model, tokenizer, the prompt format the evaluation's encoder uses and the frozen reference."""
 
     def __init__(self, model_path: str, *, lora: bool = False, lora_r: int = 8, lora_alpha: int = 16,
                  train_layers: int | None = None, max_length: int = 256, max_new_tokens: int = 32,
@@ -104,9 +105,8 @@ class Policy:
         # the reference is the model with its adapters disabled (LoRA), else a frozen copy
         self.reference = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
         self.model, self.tokenizer = model, tokenizer
-        self.prompter = SearchR3Encoder(model, tokenizer, max_length=max_length, max_new_tokens=max_new_tokens,
-                                        prompts=resolve_prompts(self.prompt_preset), show_progress=False)
-        self.embed_id = self.prompter.embed_id
+        self.format = PromptFormat(tokenizer, resolve_prompts(self.prompt_preset), max_length, max_new_tokens)
+        self.embed_id = self.format.embed_id
         self.stop_ids = stop_token_ids(tokenizer, self.embed_id)
 
     @classmethod
@@ -242,18 +242,18 @@ class Policy:
 
     def direct_sequences(self, texts: list[str], kind: str, max_length: int | None = None) -> tuple[list[list[int]], list[int]]:
         """Direct-mode sequences (capped at ``max_length``) and the length of each one's answer (phrase + embed token)."""
-        sequences = self.prompter.sequences(texts, kind, max_length=max_length)
-        return sequences, [self.prompter.direct_answer_length(kind)] * len(texts)
+        sequences = self.format.sequences(texts, kind, max_length=max_length)
+        return sequences, [self.format.direct_answer_length(kind)] * len(texts)
 
     def reasoning_sequences(self, texts: list[str], analyses: list[str], kind: str, max_length: int | None = None,
                             lead: str = "") -> tuple[list[list[int]], list[int]]:
         """Reasoning-format sequences as the model should write them (generation stops at the embed token): ``lead``
         and the analysis (cut to fit ``max_new_tokens``), the direct phrase, the token; and each one's answer length."""
         tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        phrase = self.prompter.prompts.direct_answer.strip()
-        budget = self.prompter.max_new_tokens - len(tokenize(f"{lead}. {phrase} {EMBED_TOKEN}"))
+        phrase = self.format.prompts.direct_answer.strip()
+        budget = self.format.max_new_tokens - len(tokenize(f"{lead}. {phrase} {EMBED_TOKEN}"))
         answers = [f"{lead}{self.tokenizer.decode(tokenize(a.strip())[:budget]).rstrip('.')}. {phrase}" for a in analyses]
-        sequences = self.prompter.sequences(texts, kind, analyses=answers, max_length=max_length)
+        sequences = self.format.sequences(texts, kind, analyses=answers, max_length=max_length)
         lengths = [len(tokenize(f"{a} {EMBED_TOKEN}")) for a in answers]
         return sequences, [min(n, len(s) - 1) for n, s in zip(lengths, sequences)]
 
@@ -264,7 +264,7 @@ class Policy:
         model, pad = self._causal_lm(self.model), self.tokenizer.pad_token_id
         out = []
         for start in range(0, len(texts), batch_size):
-            sequences = self.prompter.sequences(texts[start : start + batch_size], kind)
+            sequences = self.format.sequences(texts[start : start + batch_size], kind)
             out.append(F.normalize(last_hidden_states(model, sequences, pad).float(), dim=-1))
         return torch.cat(out) if out else torch.zeros(0)
 

@@ -50,6 +50,13 @@ class Rollouts:
     generation_seconds: float = 0.0
 
 
+def is_bare(analysis: str, phrase: str) -> bool:
+    """An analysis that writes nothing before the direct phrase but, at most, a lead ending in a colon ("Relevant
+    paper: The embedding is")."""
+    body = analysis.strip().removesuffix(phrase).strip()
+    return not body or body.endswith(":")
+
+
 def corpus_from_triples(triples: list[Triple]) -> tuple[list[str], list[str], list[str]]:
     """Unique documents (positives and negatives) with ids, and each triple's positive id."""
     ids: dict[str, str] = {}
@@ -147,9 +154,9 @@ class RetrievalGRPO:
         """Sample ``group_size`` analyses per query (``greedy``: one, as the evaluation writes it) and embed each (the
         embed token appended if missing); an analysis ends where the evaluation's generator ends it."""
         model, tokenizer = self.policy.model, self.policy.tokenizer
-        pad, phrase = tokenizer.pad_token_id, direct_phrase(self.policy.prompter.prompts.direct_answer)
+        pad, phrase = tokenizer.pad_token_id, direct_phrase(self.policy.format.prompts.direct_answer)
         model.eval()
-        prompts = [p for p in self.policy.prompter.generation_prompts(queries, "query") for _ in range(group_size)]
+        prompts = [p for p in self.policy.format.generation_prompts(queries, "query") for _ in range(group_size)]
         ids, mask = (t.to(model.device) for t in left_pad(prompts, pad))
         with torch.random.fork_rng(enabled=generator is not None):  # a seeded rollout leaves the training RNG alone
             if generator is not None:
@@ -174,14 +181,14 @@ class RetrievalGRPO:
 
     def heldout_mrr(self, rows: list[int], batch_size: int = 16) -> dict:
         """Mean reciprocal rank of the positive for the greedy analyses of the triples at ``rows`` (as the evaluation
-        writes them), and how many of those analyses are only the direct phrase (the direct embedding)."""
+        writes them), and the share of those analyses that say nothing (``is_bare``)."""
         reciprocal, bare = [], 0
-        phrase = direct_phrase(self.policy.prompter.prompts.direct_answer)
+        phrase = direct_phrase(self.policy.format.prompts.direct_answer)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             rollouts = self.rollout([self.triples[i].query for i in chunk], 1, greedy=True)
             reciprocal += list(1.0 / self.env.ranks(rollouts.embeddings, [self.positive_ids[i] for i in chunk]))
-            bare += sum(self.policy.tokenizer.decode(a, skip_special_tokens=True).strip() in ("", phrase)
+            bare += sum(is_bare(self.policy.tokenizer.decode(a, skip_special_tokens=True), phrase)
                         for a in rollouts.actions)
         return {"heldout_mrr": float(np.mean(reciprocal)), "heldout_bare_share": bare / len(rows)}
 

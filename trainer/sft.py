@@ -113,11 +113,11 @@ def heldout_infonce(policy: Policy, triples: list[Triple], temperature: float, b
 
 
 def frozen_documents(cfg: SFTConfig, policy: Policy, show_progress: bool) -> FrozenDocuments:
-    """The frozen index of a query adapter's SFT: ``index_dir``'s whole corpus as the document model embeds it."""
-    if not cfg.index_dir:
-        raise UserError("query_adapter SFT needs index_dir: the BEIR folder whose corpus holds every positive")
-    corpus = load_beir_folder(Path(cfg.index_dir), cfg.beir_split).corpus
-    texts = [document_text(d) for d in corpus.values()]
+    """The frozen index of a query adapter's SFT: the corpora of ``index_dirs`` as the document model embeds them."""
+    if not cfg.index_dirs:
+        raise UserError("query_adapter SFT needs index_dirs: the BEIR folders whose corpora hold every positive")
+    texts = list(dict.fromkeys(document_text(d) for folder in cfg.index_dirs
+                               for d in load_beir_folder(Path(folder), cfg.beir_split).corpus.values()))
     embeddings, _ = document_embeddings(policy.document_model, texts, cfg.cache_dir, show_progress)
     return FrozenDocuments(texts, embeddings, policy.model.device)
 

@@ -23,7 +23,8 @@ REFERENCE_TEXT = "Vitamin D deficiency is associated with a higher risk of respi
 def reference_embedding(name: str) -> dict:
     """The packaged model's float32 embedding of ``REFERENCE_TEXT`` as a query with the prompts it was trained with
     (float32: the same on every CPU)."""
-    from searchr3_eval.models.searchr3 import SearchR3Encoder, trained_preset
+    from searchr3_eval.models.prompt_format import trained_preset
+    from searchr3_eval.models.searchr3 import SearchR3Encoder
 
     encoder = SearchR3Encoder.from_pretrained(name, dtype="float32", show_progress=False)
     vector = encoder.encode([REFERENCE_TEXT], "query")[0]

@@ -49,7 +49,7 @@ class ModelOptions:
 
     def validate(self) -> None:
         from searchr3_eval.models.llm import DTYPE_CHOICES, resolve_device
-        from searchr3_eval.models.searchr3 import PROMPT_PRESETS
+        from searchr3_eval.models.prompt_format import PROMPT_PRESETS
 
         if self.batch_size < 1 or self.batch_tokens < 1:
             raise UserError("--batch-size and --batch-tokens must be at least 1")
@@ -126,7 +126,7 @@ def parse_model_specs(spec: str) -> list[ModelSpec]:
 
 
 def _searchr3_prompts(options: ModelOptions, spec: ModelSpec):
-    from searchr3_eval.models.searchr3 import resolve_prompts, trained_preset
+    from searchr3_eval.models.prompt_format import resolve_prompts, trained_preset
 
     return resolve_prompts(options.prompts or trained_preset(spec.arg), options.system_prompt, options.query_prompt,
                            options.document_prompt)

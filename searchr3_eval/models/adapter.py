@@ -93,7 +93,7 @@ def load_adapter(folder: str | Path, dtype: str, attn_implementation: str | None
     from safetensors.torch import load_file
 
     from searchr3_eval.models.llm import DTYPES, load_causal_lm, resolve_device, resolve_dtype
-    from searchr3_eval.models.searchr3 import add_embed_token, embed_token_id
+    from searchr3_eval.models.prompt_format import add_embed_token, embed_token_id
 
     manifest = read_manifest(folder)
     model, tokenizer, _, _ = load_causal_lm(manifest["base"], "float32", attn_implementation, device)

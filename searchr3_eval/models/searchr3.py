@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from typing import Literal
 
 import numpy as np
@@ -19,64 +19,12 @@ import torch
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import DenseEncoder, Kind, l2_normalize
 from searchr3_eval.models.llm import last_hidden_states, left_pad, load_causal_lm, resolve_llm
+from searchr3_eval.models.prompt_format import (
+    DEFAULT_PRESET, PROMPT_PRESETS, PromptFormat, Prompts, add_embed_token, embed_token_id, resolve_prompts,
+    trained_preset,
+)
 
-EMBED_TOKEN = "<|embed_token|>"
 Reasoning = Literal["off", "on", "all"]  # on: queries reason, documents direct; all: both reason
-
-
-@dataclass(frozen=True)
-class Prompts:
-    """The chat turns around a text: system prompt, a per-kind prefix of the user turn, the direct answer."""
-
-    system: str
-    reasoning_system: str
-    query: str
-    document: str
-    direct_answer: str
-
-
-# The paper's and the released checkpoint's format (ytgui/Search-R3.0-Small): system "Please represent user
-# queries.", user = the text, assistant "The embedding is <|embed_token|>." The hidden state is read at the token,
-# so what follows it ("." and the end of turn) cannot change it in a causal model and is not rendered.
-PAPER = "Please represent user queries."
-PROMPT_PRESETS: dict[str, Prompts] = {
-    "paper": Prompts(system=PAPER, reasoning_system=PAPER, query="", document="", direct_answer="The embedding is "),
-    "instruct": Prompts(
-        system="You are a search embedding model. Read the user's text and represent its meaning.",
-        reasoning_system=(
-            "You are a search embedding model. Briefly analyse the user's text: its topic, key entities and "
-            f"what a searcher needs. Then end your answer with {EMBED_TOKEN}."
-        ),
-        query="Represent this search query for retrieving relevant documents:\n",
-        document="Represent this document for retrieval:\n",
-        direct_answer="The embedding of this text is ",
-    ),
-}
-DEFAULT_PRESET = "paper"
-
-
-def trained_preset(name_or_path: str) -> str:
-    """The prompt preset a model was trained with: a trained adapter records it (adapters saved before this was
-    recorded, and every other model, use the paper's)."""
-    from searchr3_eval.models.adapter import is_adapter, read_manifest
-
-    folder = resolve_llm(name_or_path)[0]
-    return read_manifest(folder).get("prompts", DEFAULT_PRESET) if is_adapter(folder) else DEFAULT_PRESET
-
-
-def resolve_prompts(preset: str = DEFAULT_PRESET, system: str | None = None, query: str | None = None,
-                    document: str | None = None) -> Prompts:
-    """A preset with optional overrides (``system`` replaces both system prompts)."""
-    if preset not in PROMPT_PRESETS:
-        raise UserError(f"unknown prompt preset {preset!r}; use one of {', '.join(PROMPT_PRESETS)}")
-    prompts = PROMPT_PRESETS[preset]
-    if system is not None:
-        prompts = replace(prompts, system=system, reasoning_system=system)
-    if query is not None:
-        prompts = replace(prompts, query=query)
-    if document is not None:
-        prompts = replace(prompts, document=document)
-    return prompts
 
 
 ANALYSIS_END = "stop at the embed token, end of turn or the direct phrase"  # how generation ends (cache key)
@@ -111,27 +59,6 @@ def direct_settings(settings: dict) -> dict:
     return direct
 
 
-def add_embed_token(model, tokenizer) -> int:
-    """Add ``<|embed_token|>`` as a special token; its new embedding row is the mean of the others."""
-    from transformers import AddedToken
-
-    tokenizer.add_tokens([AddedToken(EMBED_TOKEN, special=True, normalized=False)], special_tokens=True)
-    old = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with torch.no_grad():
-        weight = model.get_input_embeddings().weight
-        weight[old:] = weight[:old].mean(dim=0)
-        output = model.get_output_embeddings()
-        if output is not None and output.weight.data_ptr() != weight.data_ptr():
-            output.weight[old:] = output.weight[:old].mean(dim=0)
-    return tokenizer.convert_tokens_to_ids(EMBED_TOKEN)
-
-
-def embed_token_id(tokenizer) -> int | None:
-    token_id = tokenizer.convert_tokens_to_ids(EMBED_TOKEN)
-    return None if token_id is None or token_id == tokenizer.unk_token_id else token_id
-
-
 class SearchR3Encoder(DenseEncoder):
     def __init__(
         self,
@@ -159,19 +86,13 @@ class SearchR3Encoder(DenseEncoder):
             raise UserError(f"{name}: a query adapter reasons on queries only; documents are its document model's "
                             "direct embeddings (use --reasoning on)")
         self.documents = documents
-        token_id = embed_token_id(tokenizer)
-        if token_id is None:
-            raise UserError(f"model {name!r} has no {EMBED_TOKEN} token: it is not a Search-R3 model (use --add-embed-token)")
-        if tokenizer.chat_template is None:
-            raise UserError(f"model {name!r} has no chat template")
-        self.model, self.tokenizer, self.embed_id = model, tokenizer, token_id
+        self.format = PromptFormat(tokenizer, prompts, max_length, max_new_tokens, name)
+        self.model, self.tokenizer, self.embed_id = model, tokenizer, self.format.embed_id
         self.name, self.revision = name, revision
-        self.reasoning, self.max_length, self.max_new_tokens = reasoning, max_length, max_new_tokens
-        self.prompts, self.backend, self.add_embed_token = prompts, backend, add_embed_token
+        self.reasoning, self.backend, self.add_embed_token = reasoning, backend, add_embed_token
         self.samples, self.temperature = reasoning_samples, reasoning_temperature
-        self._overheads: dict[tuple, int] = {}
         self.share_prefix = True  # run the prompt prefix every text shares once per batch (same embeddings)
-        self.generator = make_generator(backend, model, tokenizer, token_id, max_length + max_new_tokens,
+        self.generator = make_generator(backend, model, tokenizer, self.embed_id, max_length + max_new_tokens,
                                         prompts.direct_answer)
 
     @classmethod
@@ -208,6 +129,18 @@ class SearchR3Encoder(DenseEncoder):
         return super().encode(texts, kind, batch_size, allocate)
 
     @property
+    def prompts(self) -> Prompts:
+        return self.format.prompts
+
+    @property
+    def max_length(self) -> int:
+        return self.format.max_length
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.format.max_new_tokens
+
+    @property
     def settings(self) -> dict:
         dtype = str(self.model.dtype).removeprefix("torch.")
         return searchr3_settings(self.reasoning, self.max_length, self.max_new_tokens, self.prompts, dtype, self.backend,
@@ -221,65 +154,14 @@ class SearchR3Encoder(DenseEncoder):
     def reasons(self, kind: Kind) -> bool:
         return self.reasoning == "all" or (self.reasoning == "on" and kind == "query")
 
-    def _messages(self, text: str, kind: Kind, reasoning: bool) -> list[dict[str, str]]:
-        system = self.prompts.reasoning_system if reasoning else self.prompts.system
-        instruction = self.prompts.query if kind == "query" else self.prompts.document
-        return [{"role": "system", "content": system}, {"role": "user", "content": instruction + text}]
-
-    def _render(self, messages: list[dict[str, str]], answer: str | None) -> list[int]:
-        if answer is None:
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        full = [*messages, {"role": "assistant", "content": answer}]
-        return self.tokenizer.apply_chat_template(full, continue_final_message=True, tokenize=True, return_dict=False)
-
-    def _overhead(self, kind: Kind, reasoning: bool) -> int:
-        """Tokens of the prompt and answer around a text (the same for every text of a kind; memoised)."""
-        key = (kind, reasoning, self.prompts, self.tokenizer.chat_template)
-        if key not in self._overheads:
-            answer = "" if reasoning else self.prompts.direct_answer
-            self._overheads[key] = len(self._render(self._messages("", kind, reasoning), answer + EMBED_TOKEN))
-        return self._overheads[key]
-
     def text_lengths(self, texts: list[str], kind: Kind) -> list[int]:
         """Tokens of each text's full sequence (reasoning mode: the prompt plus the longest analysis, times the
         analyses sampled, which all run in the text's batch)."""
         reasoning = self.reasons(kind)
-        extra = self._overhead(kind, reasoning) + (self.max_new_tokens if reasoning else 0)
+        extra = self.format.overhead(kind, reasoning) + (self.max_new_tokens if reasoning else 0)
         counts = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         copies = self.samples if reasoning else 1
         return [copies * min(self.max_length, len(ids) + extra) for ids in counts]
-
-    def _truncate(self, text: str, kind: Kind, reasoning: bool, max_length: int | None = None) -> str:
-        """Cut the text (keeping its start) so prompt, answer and token fit in ``max_length``."""
-        max_length = max_length or self.max_length
-        overhead = self._overhead(kind, reasoning)
-        budget = max_length - overhead - (self.max_new_tokens if reasoning else 0)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if budget <= 0:
-            raise UserError(f"max_length {max_length} leaves no room for text (prompt uses {overhead} tokens)")
-        return text if len(ids) <= budget else self.tokenizer.decode(ids[:budget])
-
-    def direct_answer_length(self, kind: Kind) -> int:
-        """Tokens of the direct-mode answer (fixed phrase + embed token); the same for every text."""
-        messages = self._messages("", kind, False)
-        return len(self._render(messages, self.prompts.direct_answer + EMBED_TOKEN)) - len(self._render(messages, None))
-
-    def sequences(self, texts: list[str], kind: Kind, analyses: list[str] | None = None,
-                  max_length: int | None = None) -> list[list[int]]:
-        """Token ids ending in the embed token; longer inputs are left-truncated to ``max_length``."""
-        reasoning, max_length = analyses is not None, max_length or self.max_length
-        out = []
-        for i, text in enumerate(texts):
-            messages = self._messages(self._truncate(text, kind, reasoning, max_length), kind, reasoning)
-            answer = (analyses[i].strip() + " " if reasoning else self.prompts.direct_answer) + EMBED_TOKEN
-            ids = self._render(messages, answer)
-            if ids[-1] != self.embed_id:
-                raise UserError(f"the chat template of {self.name!r} does not end the answer at {EMBED_TOKEN}")
-            out.append(ids[-max_length:])
-        return out
-
-    def generation_prompts(self, texts: list[str], kind: Kind) -> list[list[int]]:
-        return [self._render(self._messages(self._truncate(t, kind, True), kind, True), None) for t in texts]
 
     @torch.inference_mode()
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, list[str] | None]:
@@ -287,18 +169,18 @@ class SearchR3Encoder(DenseEncoder):
         after ``samples`` analyses sampled at ``temperature`` (as HyDE averages several generated documents); the
         cache keeps the analyses (a JSON list when several)."""
         if not self.reasons(kind):
-            hidden = last_hidden_states(self.model, self.sequences(texts, kind), self.tokenizer.pad_token_id,
+            hidden = last_hidden_states(self.model, self.format.sequences(texts, kind), self.tokenizer.pad_token_id,
                                         self.share_prefix)
             return l2_normalize(hidden.float().cpu().numpy()), None
         start = time.perf_counter()
-        prompts = self.generation_prompts(texts, kind)
+        prompts = self.format.generation_prompts(texts, kind)
         if self.samples == 1:
             sampled = [[a] for a in self.generator(prompts, self.max_new_tokens)]
         else:
             sampled = self.generator.sample(prompts, self.max_new_tokens, self.samples, self.temperature, SAMPLING_SEED)
         self.generation_seconds += time.perf_counter() - start
         flat_texts = [t for t, row in zip(texts, sampled) for _ in row]
-        hidden = last_hidden_states(self.model, self.sequences(flat_texts, kind, [a for row in sampled for a in row]),
+        hidden = last_hidden_states(self.model, self.format.sequences(flat_texts, kind, [a for row in sampled for a in row]),
                                     self.tokenizer.pad_token_id, self.share_prefix)
         vectors = l2_normalize(hidden.float().cpu().numpy()).reshape(len(texts), self.samples, -1).mean(axis=1)
         analyses = [row[0] if self.samples == 1 else json.dumps(row) for row in sampled]
