@@ -26,7 +26,7 @@ from bench_sft_speed import fixed_batch  # the same batch of real pairs as the S
 from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.models.llm import cpu_has_native_bf16
-from trainer import sharding
+from trainer import collectives, sharding
 from trainer.config import LossWeights, SFTConfig
 from trainer.modeling import Policy
 from trainer.sft import sft_losses
@@ -55,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
     cfg = SFTConfig(model="smollm2", output_dir="unused", max_length=args.max_length, weights=LossWeights(kl=0.1))
     start = time.perf_counter()
     policy.model.train()
-    terms, _ = sft_losses(policy, distributed.shard_of(batch, rank, size), cfg)
+    terms, _ = sft_losses(policy, collectives.shard_of(batch, rank, size), cfg)
     terms["total"].backward()
     policy.average_gradients(trainable)
     optimizer.step()
@@ -66,7 +66,7 @@ def worker(args: argparse.Namespace) -> None:
               "gradients_mib": local_bytes(p.grad for p in trainable) / 2**20,
               "optimizer_state_mib": local_bytes(state) / 2**20,
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "step_seconds": seconds, "loss": distributed.mean_across_ranks({"total": terms["total"].item()})["total"]}
+              "step_seconds": seconds, "loss": collectives.mean_across_ranks({"total": terms["total"].item()})["total"]}
     reports = distributed.gather_to_main({k: round(v, 4 if k == "loss" else 1) for k, v in report.items()})
     if rank == 0:
         args.report.write_text(json.dumps(reports))

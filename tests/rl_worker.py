@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from searchr3_eval import distributed
+from trainer import collectives
 from trainer.config import RLConfig
 from trainer.rl import RetrievalGRPO, beir_training_set
 
@@ -26,10 +27,10 @@ trainer = RetrievalGRPO(cfg, triples, corpus)
 np.save(out / f"index-start{name}-{size}-{rank}.npy", trainer.env.embeddings)
 steps = []
 for step in range(2):
-    rows = distributed.shard_of(list(range(step * 4, step * 4 + 4)), rank, size)
-    steps.append(distributed.mean_across_ranks(trainer.step([triples[i] for i in rows], [corpus.positive_ids[i] for i in rows])))
+    rows = collectives.shard_of(list(range(step * 4, step * 4 + 4)), rank, size)
+    steps.append(collectives.mean_across_ranks(trainer.step([triples[i] for i in rows], [corpus.positive_ids[i] for i in rows])))
 np.save(out / f"index-end{name}-{size}-{rank}.npy", trainer.env.embeddings)
-one = distributed.map_sharded(lambda share: trainer.policy.embed(share, "document"), corpus.doc_texts[:1])  # one idle rank
+one = collectives.map_sharded(lambda share: trainer.policy.embed(share, "document"), corpus.doc_texts[:1])  # one idle rank
 np.save(out / f"one-document{name}-{size}-{rank}.npy", one.numpy())
 if "fsdp" in name:  # processes whose generations end at different lengths must keep running the layers together
     trainer.cfg = dataclasses.replace(cfg, max_new_tokens=2 + 4 * rank)

@@ -30,6 +30,18 @@ def test_the_page_renders_leaderboards_included_files_and_benchmarks(data_dir, t
     assert page.index("## Mini") < page.index("## Verify") < page.index("## Speed")
 
 
+def test_a_leaderboard_section_marks_differences_from_the_baseline_it_names(data_dir, tmp_path):
+    results = tmp_path / "results"
+    assert main(["run", "--tasks", "MiniGSM", "--data-dir", str(data_dir), "--models", "bm25,minilm", "--quiet",
+                 "--output-dir", str(results / "mini"), "--no-cache"]) == 0
+    (results / "page.yaml").write_text(
+        "sections:\n  - {title: A, command: c, leaderboard: mini}\n"
+        "  - {title: B, command: c, leaderboard: mini, baseline: minilm}\n")
+    page = render_page(results, results / "page.yaml")
+    first, second = page.split("## B")
+    assert "significantly different from BM25" in first and "significantly different from all-MiniLM-L6-v2" in second
+
+
 @pytest.mark.parametrize("section, message", [
     ("{title: A, command: c, include: nothing.md}", "missing file"),
     ("{title: A, leaderboard: x}", "needs title, command and one of"),

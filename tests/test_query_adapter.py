@@ -99,7 +99,7 @@ def test_query_adapter_sft_learns_against_the_frozen_documents_the_evaluation_re
     # the evaluator's queries are the training forward's (weights merged for inference; both in float32)
     evaluator = load_model(parse_model_spec(f"searchr3:{final}"), ModelOptions(**OPTIONS, dtype="float32"), None)
     trained = Policy(str(final), max_length=200)
-    np.testing.assert_allclose(evaluator.encode(queries[:4], "query"), trained.encode(queries[:4], "query").numpy(),
+    np.testing.assert_allclose(evaluator.encode(queries[:4], "query"), trained.embed(queries[:4], "query").numpy(),
                                atol=1e-5)
     with pytest.raises(UserError, match="reasons on queries only"):
         load_model(parse_model_spec(f"searchr3:{final}"), ModelOptions(**OPTIONS, reasoning="all"), None)
@@ -171,3 +171,12 @@ def test_the_shipped_query_configs_hold_out_the_same_train_claims_in_both_stages
     held = {t.query for t in load_triples(tmp_path / "data" / "heldout.jsonl")}
     assert held == {triples[i].query for i in held_rows} and len(held) > 50
     assert not held & {triples[i].query for i in train_rows}
+
+
+def test_an_analysis_that_writes_only_a_lead_and_the_direct_phrase_is_bare():
+    from trainer.rl import is_bare
+
+    phrase = "The embedding is"
+    assert is_bare("The embedding is", phrase) and is_bare("Relevant paper: The embedding is", phrase) and is_bare("", phrase)
+    assert not is_bare("Relevant paper: Vitamin D and infection. The embedding is", phrase)
+    assert not is_bare("The. The. The.", phrase)

@@ -88,7 +88,7 @@ def test_sft_lowers_heldout_contrastive_loss_and_resumes(tiny_model_dir, tmp_pat
     assert after < before - 0.3, (before, after)
     assert summary["heldout_infonce"]["at_start"] == pytest.approx(before, abs=1e-4)
     assert summary["heldout_infonce"]["best"] == pytest.approx(after, abs=1e-4)  # final is the best checkpoint
-    np.testing.assert_allclose(trained.encode(["find apple"], "query"), policy.encode(["find apple"], "query").numpy(), atol=1e-5)
+    np.testing.assert_allclose(trained.encode(["find apple"], "query"), policy.embed(["find apple"], "query").numpy(), atol=1e-5)
     rows = (tmp_path / "out" / "loss_log.csv").read_text().splitlines()
     assert len(rows) == 31 and (tmp_path / "out" / "loss_plot.png").exists()
 
@@ -443,7 +443,7 @@ def test_lora_sft_saves_a_small_adapter_that_the_evaluator_loads(tiny_model_dir,
     assert len((tmp_path / "out" / "heldout_log.csv").read_text().splitlines()) == 1 + 5  # step 0, 5, 10, 15, 20
     encoder = SearchR3Encoder.from_pretrained(str(final), max_length=160, show_progress=False)
     policy = Policy(str(final), max_length=160)  # merged for evaluation
-    np.testing.assert_allclose(encoder.encode(["find apple"], "query"), policy.encode(["find apple"], "query").numpy(),
+    np.testing.assert_allclose(encoder.encode(["find apple"], "query"), policy.embed(["find apple"], "query").numpy(),
                                atol=1e-5)
     assert heldout_infonce(policy, keyword_triples(2, 32), 0.1) == pytest.approx(summary["heldout_infonce"]["best"], abs=1e-4)
     further = Policy(str(final), lora=True, max_length=160)  # RL keeps training the same adapter

@@ -17,14 +17,14 @@ from searchr3_eval.models.adapter import (
     document_model_of, is_adapter, load_adapter, packaged_name, read_manifest, save_adapter,
 )
 from searchr3_eval.models.llm import (
-    check_bf16_on, cpu_has_native_bf16, last_hidden_states, left_pad, load_causal_lm, lower_hidden_states,
+    check_bf16_on, cpu_has_native_bf16, left_pad, load_causal_lm, lower_hidden_states,
     padded_forward, resolve_device, upper_forward,
 )
 from searchr3_eval.models.prompt_format import (
     EMBED_TOKEN, PromptFormat, add_embed_token, embed_token_id, resolve_prompts, trained_preset,
 )
 from searchr3_eval.models.searchr3 import stop_token_ids
-from trainer import sharding
+from trainer import collectives, sharding
 from trainer.config import RunConfig
 
 
@@ -144,7 +144,7 @@ class Policy:
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """The mean of each gradient across processes (DDP's arithmetic), unless FSDP has reduced them already."""
         if not self.sharded:
-            distributed.average_gradients(parameters)
+            collectives.average_gradients(parameters)
 
     @staticmethod
     def _causal_lm(model):
@@ -214,7 +214,7 @@ class Policy:
         sequences = self.direct_sequences(texts, kind, max_length)[0]
         chunks = plan_batches([len(s) for s in sequences], len(sequences), batch_tokens)
         if self.sharded:
-            chunks += [[]] * (max(distributed.all_gather_list([len(chunks)])) - len(chunks))
+            chunks += [[]] * (max(collectives.all_gather_list([len(chunks)])) - len(chunks))
         rows: dict[int, torch.Tensor] = {}
         for chunk in chunks:
             out = self.forward([sequences[i] for i in chunk] or [[self.tokenizer.pad_token_id]])
@@ -256,17 +256,6 @@ class Policy:
         sequences = self.format.sequences(texts, kind, analyses=answers, max_length=max_length)
         lengths = [len(tokenize(f"{a} {EMBED_TOKEN}")) for a in answers]
         return sequences, [min(n, len(s) - 1) for n, s in zip(lengths, sequences)]
-
-    @torch.no_grad()
-    def encode(self, texts: list[str], kind: str, batch_size: int = 16) -> torch.Tensor:
-        """Embeddings exactly as the evaluation encoder computes them (no autocast)."""
-        self.model.eval()
-        model, pad = self._causal_lm(self.model), self.tokenizer.pad_token_id
-        out = []
-        for start in range(0, len(texts), batch_size):
-            sequences = self.format.sequences(texts[start : start + batch_size], kind)
-            out.append(F.normalize(last_hidden_states(model, sequences, pad).float(), dim=-1))
-        return torch.cat(out) if out else torch.zeros(0)
 
     def save(self, folder: Path) -> None:
         """A LoRA policy is saved as a small adapter over its base (``searchr3_eval.models.adapter``), with its prompt

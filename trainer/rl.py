@@ -22,7 +22,7 @@ from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.llm import left_pad
 from searchr3_eval.models.searchr3 import analysis_length, direct_phrase, generation_stops
-from trainer import sharding
+from trainer import collectives, sharding
 from trainer.config import RLConfig
 from trainer.data import Triple, load_triples
 from trainer.environment import (
@@ -136,7 +136,7 @@ class RetrievalGRPO:
             # documents go through the training forward: with train_layers their frozen lower layers are computed
             # once, so a refresh re-runs only the trained top layers; across processes each encodes a share, all get
             # the index
-            self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts, lambda texts: distributed.map_sharded(
+            self.env = RetrievalEnvironment(corpus.doc_ids, corpus.doc_texts, lambda texts: collectives.map_sharded(
                 lambda share: self.policy.embed(share, "document", cfg.max_document_length, cfg.batch_tokens), texts),
                 top_k=cfg.top_k, refresh_every=cfg.refresh_every, rank_band=cfg.rank_band, drift_band=cfg.drift_band,
                 state=(checkpoint or {}).get("environment"))
@@ -225,8 +225,8 @@ class RetrievalGRPO:
         rollouts = self.rollout([t.query for t in batch], cfg.group_size)
         rollout_seconds = time.perf_counter() - start
         group_positives = [p for p in positive_ids for _ in range(cfg.group_size)]
-        refresh = self.env.refresh_for_batch(np.stack(distributed.all_gather_list(list(rollouts.embeddings))),
-                                             distributed.all_gather_list(group_positives))
+        refresh = self.env.refresh_for_batch(np.stack(collectives.all_gather_list(list(rollouts.embeddings))),
+                                             collectives.all_gather_list(group_positives))
         rewards, reciprocal = self.rewards(rollouts, group_positives)
         if audit:  # before the update: the fresh index is encoded by the policy that was rewarded
             fresh, full = fresh_copy(self.env)
@@ -234,7 +234,7 @@ class RetrievalGRPO:
             audited = [self.env.ranks(rollouts.embeddings, group_positives), fresh.ranks(rollouts.embeddings, group_positives)]
             if cfg.audit_noise > 0:
                 audited += fresh.rank_ranges(rollouts.embeddings, group_positives, cfg.audit_noise).T.tolist()
-            self.reward_audits += distributed.all_gather_list([tuple(map(int, a)) for a in zip(*audited)])
+            self.reward_audits += collectives.all_gather_list([tuple(map(int, a)) for a in zip(*audited)])
         update_start = time.perf_counter()
         update = self.update(rollouts, rewards, group_positives)
         update_seconds = time.perf_counter() - update_start
@@ -396,10 +396,10 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
     for step in tqdm(range(first, cfg.steps), desc="rl", initial=first, total=cfg.steps,
                      disable=not show_progress or not main):
         start = batch_start(order, step, cfg)
-        idx = distributed.shard_of(order[start : start + cfg.batch_size], rank, size)
+        idx = collectives.shard_of(order[start : start + cfg.batch_size], rank, size)
         audit_step = cfg.audit_every > 0 and (step + 1) % cfg.audit_every == 0
         local = trainer.step([triples[i] for i in idx], [trainer.positive_ids[i] for i in idx], audit_step)
-        steps.append(distributed.mean_across_ranks(local))  # the index rows refreshed are the same on every process
+        steps.append(collectives.mean_across_ranks(local))  # the index rows refreshed are the same on every process
         steps[-1]["tokens_per_second"] *= size
         saving = cfg.save_every and (step + 1) % cfg.save_every == 0
         if saving:

@@ -13,9 +13,8 @@ from tqdm.auto import tqdm
 from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_folder, atomic_write_json
 from searchr3_eval.data import document_text, load_beir_folder
-from searchr3_eval.distributed import gather_rows
 from searchr3_eval.errors import UserError
-from trainer import sharding
+from trainer import collectives, sharding
 from trainer.config import SFTConfig
 from trainer.data import Triple, load_triples, mine_bm25_triples
 from trainer.frozen_index import FrozenDocuments, document_embeddings
@@ -83,10 +82,10 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig,
 def _in_batch_terms(views: list[torch.Tensor], positives: torch.Tensor, negatives: torch.Tensor, owners: list[int],
                     cfg: SFTConfig) -> dict[str, torch.Tensor]:
     """InfoNCE against the batch's documents (across processes: the global batch's) and the triplet term."""
-    all_positives, all_negatives = gather_rows(positives), gather_rows(negatives)
+    all_positives, all_negatives = collectives.gather_rows(positives), collectives.gather_rows(negatives)
     return {
         # across processes InfoNCE scores every query of the global batch against all its documents
-        "infonce": sum(info_nce(gather_rows(v), all_positives, all_negatives, cfg.temperature) for v in views) / len(views),
+        "infonce": sum(info_nce(collectives.gather_rows(v), all_positives, all_negatives, cfg.temperature) for v in views) / len(views),
         "triplet": sum(triplet(v[owners], positives[owners], negatives[:, None, :], cfg.margin) for v in views) / len(views)
         if owners else torch.zeros((), device=positives.device),
     }
@@ -207,7 +206,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         start, tokens, sums = time.perf_counter(), 0, {}
         for micro in range(cfg.grad_accum):
             batch = batch_at(triples, step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
-            terms, n_tokens = sft_losses(policy, distributed.shard_of(batch, rank, size), cfg, index)
+            terms, n_tokens = sft_losses(policy, collectives.shard_of(batch, rank, size), cfg, index)
             require_finite(terms["total"], f"sft step {step + 1}")
             (terms["total"] / cfg.grad_accum).backward()
             tokens += n_tokens
@@ -215,7 +214,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
                 sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum
         policy.average_gradients(trainable)
         stepped = clip_and_step(trainable, optimizer, scheduler, cfg.max_grad_norm)
-        sums = distributed.mean_across_ranks({**sums, "tokens": tokens})
+        sums = collectives.mean_across_ranks({**sums, "tokens": tokens})
         tokens_per_second = sums.pop("tokens") * size / (time.perf_counter() - start)
         if main:
             log.append({"step": step + 1, **sums, "tokens_per_second": tokens_per_second, **stepped})
