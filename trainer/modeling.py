@@ -14,7 +14,7 @@ from searchr3_eval.atomic import atomic_write, atomic_write_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import plan_batches
 from searchr3_eval.models.adapter import (
-    document_model_of, is_adapter, load_adapter, packaged_name, read_manifest, save_adapter,
+    document_model_of, is_adapter, load_adapter, packaged_name, read_manifest, save_adapter, shipped_model,
 )
 from searchr3_eval.models.llm import (
     check_bf16_on, cpu_has_native_bf16, left_pad, load_causal_lm, lower_hidden_states,
@@ -67,6 +67,8 @@ class Policy:
             # eager: faster than sdpa for training on CPU (benchmarks/bench_sft_speed.py), and on CUDA sdpa's gradients
             # turn NaN at left padding, whose rows mask every key (seen on an H200: NaN weights after 4 SFT steps)
             attn_implementation = "eager"
+        if (shipped := shipped_model(model_path)) is not None and document_model_of(shipped):
+            model_path = str(shipped)  # a packaged query adapter named as it is evaluated (searchr3:<name>)
         continued_query_adapter = document_model_of(model_path)  # a query adapter trains on as one
         self.reference_adapter = False
         self.query_adapter = query_adapter or continued_query_adapter is not None
