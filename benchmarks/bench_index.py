@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from searchr3_eval.atomic import atomic_write_json
-from searchr3_eval.cache import EmbeddingCache, default_cache_dir
+from searchr3_eval.cache import EmbeddingCache, cache_file
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.metrics import evaluate
 from searchr3_eval.models import ModelOptions, load_model, parse_model_specs
@@ -40,7 +40,7 @@ def recall(exact: dict, approx: dict, k: int) -> float:
 def real_embeddings(args) -> list[dict]:
     task = load_beir_folder(args.beir_dir, "test")
     spec = parse_model_specs(args.model)[0]
-    encoder = load_model(spec, ModelOptions(show_progress=False), EmbeddingCache(default_cache_dir() / "embeddings.sqlite"))
+    encoder = load_model(spec, ModelOptions(show_progress=False), EmbeddingCache(cache_file()))
     doc_ids, query_ids = list(task.corpus), list(task.queries)
     doc_emb = encoder.encode([document_text(task.corpus[d]) for d in doc_ids], "document")
     query_emb = encoder.encode([task.queries[q] for q in query_ids], "query")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from searchr3_eval.atomic import atomic_write_json
-from searchr3_eval.cache import EmbeddingCache, default_cache_dir
+from searchr3_eval.cache import EmbeddingCache, cache_file
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.models import ModelOptions, load_model, parse_model_specs
 from trainer.environment import positive_ranks
@@ -54,7 +54,7 @@ def main() -> None:
     picked = np.random.default_rng(0).choice(len(pairs), min(args.queries, len(pairs)), replace=False)
     position = {d: i for i, d in enumerate(doc_ids)}
     positives = np.array([position[pairs[i][1]] for i in picked])
-    cache = EmbeddingCache(Path(default_cache_dir()) / "embeddings.sqlite")
+    cache = EmbeddingCache(cache_file())
     old = encoder(args.old, cache).encode(texts, "document")
     new_encoder = encoder(args.new, cache)
     new = new_encoder.encode(texts, "document")

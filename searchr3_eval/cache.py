@@ -17,6 +17,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SEARCHR3_CACHE", Path.home() / ".cache" / "searchr3-eval"))
 
 
+def cache_file(folder: str | Path | None = None) -> Path:
+    """The embedding cache's file in ``folder`` (default ``default_cache_dir()``)."""
+    return Path(folder or default_cache_dir()) / "embeddings.sqlite"
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

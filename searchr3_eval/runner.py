@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from searchr3_eval import __version__, distributed
-from searchr3_eval.cache import EmbeddingCache
+from searchr3_eval.cache import EmbeddingCache, cache_file
 from searchr3_eval.data import (MissingTaskData, RetrievalTask, TaskSource, check_data_dir, load_task_source, locate_task,
                                 resolve_task_names)
 from searchr3_eval.errors import UserError
@@ -161,7 +161,7 @@ def evaluate(
                 continue  # only the dense encoders' work is shared across ranks
             if spec not in loaded:
                 if spec.is_dense and main and cache_dir is not None and cache is None:  # rank 0 reads and writes it
-                    cache = EmbeddingCache(Path(cache_dir) / "embeddings.sqlite")
+                    cache = EmbeddingCache(cache_file(cache_dir))
                 loaded[spec] = load_model(spec, options, cache if spec.is_dense else None, output_dir)
             if not main:
                 loaded[spec].search(task, top_k)  # encodes this rank's share; rank 0 scores

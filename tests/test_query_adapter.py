@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from searchr3_eval.cache import EmbeddingCache
+from searchr3_eval.cache import EmbeddingCache, cache_file
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models import ModelOptions, describe, load_model, parse_model_spec
@@ -79,7 +79,7 @@ def test_query_adapter_sft_learns_against_the_frozen_documents_the_evaluation_re
     # the document model's own encode none of them again, and both give the same document embeddings
     task = load_beir_folder(tmp_path / "keywords")
     texts = [document_text(d) for d in task.corpus.values()]
-    cache = EmbeddingCache(tmp_path / "cache" / "embeddings.sqlite")
+    cache = EmbeddingCache(cache_file(tmp_path / "cache"))
     adapter = load_model(parse_model_spec(f"searchr3:{final}"), ModelOptions(**OPTIONS), cache)
     plain = load_model(parse_model_spec(f"searchr3:{document_model}"), ModelOptions(**OPTIONS), cache)
     documents = adapter.encode(texts, "document")

@@ -8,14 +8,13 @@ checkpoint re-encodes only its queries.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from searchr3_eval import distributed
-from searchr3_eval.cache import EmbeddingCache, default_cache_dir
+from searchr3_eval.cache import EmbeddingCache, cache_file
 from searchr3_eval.errors import UserError
 from searchr3_eval.models import ModelOptions, load_model, parse_model_spec
 
@@ -26,11 +25,10 @@ def document_embeddings(document_model: str, texts: list[str], cache_dir: str | 
     options, read from (and written to) the embedding cache in ``cache_dir`` (default: the evaluation's), and the
     seconds it took. Under several processes each encodes a share and all get the whole array."""
     main = distributed.is_main()
-    cache = EmbeddingCache(Path(cache_dir or default_cache_dir()) / "embeddings.sqlite") if main else None
+    cache = EmbeddingCache(cache_file(cache_dir)) if main else None
     start = time.perf_counter()
     encoder = load_model(parse_model_spec(f"searchr3:{document_model}"), ModelOptions(show_progress=show_progress), cache)
     vectors = distributed.broadcast_from_main(encoder.encode(texts, "document"))
-    del encoder
     return vectors, time.perf_counter() - start
 
 

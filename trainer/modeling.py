@@ -70,11 +70,12 @@ class Policy:
         if (shipped := shipped_model(model_path)) is not None and document_model_of(shipped):
             model_path = str(shipped)  # a packaged query adapter named as it is evaluated (searchr3:<name>)
         continued_query_adapter = document_model_of(model_path)  # a query adapter trains on as one
+        new_query_adapter = query_adapter and continued_query_adapter is None
         self.reference_adapter = False
         self.query_adapter = query_adapter or continued_query_adapter is not None
         # the Search-R3 model whose documents a query adapter is trained against (its base)
         self.document_model = continued_query_adapter or packaged_name(model_path)
-        if is_adapter(model_path) and (not query_adapter or continued_query_adapter is not None):  # a saved adapter: keep training it (LoRA) or train its merged weights
+        if is_adapter(model_path) and not new_query_adapter:  # a saved adapter: keep training it or its merged weights
             manifest = read_manifest(model_path)
             self.base, self.base_vocab_size = manifest["base"], manifest["base_vocab_size"]
             model, tokenizer = load_adapter(model_path, dtype, attn_implementation, device, trainable=lora)
@@ -82,11 +83,11 @@ class Policy:
                 model.load_adapter(str(model_path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
                 self.reference_adapter = True
         else:
-            self.base = self.document_model if query_adapter else model_path
+            self.base = self.document_model if new_query_adapter else model_path
             model, tokenizer, _, _ = load_causal_lm(model_path, dtype, attn_implementation, device)
             self.base_vocab_size = len(tokenizer)
             if embed_token_id(tokenizer) is None:
-                if query_adapter:
+                if new_query_adapter:
                     raise UserError(f"query_adapter: {model_path} is not a Search-R3 model (it has no {EMBED_TOKEN})")
                 add_embed_token(model, tokenizer)
             if lora:

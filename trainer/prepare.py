@@ -13,10 +13,15 @@ from trainer.config import DataConfig
 from trainer.data import Triple, case_variants, load_triples, mine_bm25_triples, write_triples
 
 
+def held_out_queries(triples: list[Triple], fraction: float, rng: random.Random) -> set[str]:
+    """A ``fraction`` of the triples' distinct queries, drawn with ``rng``: those held out for model selection."""
+    queries = sorted({t.query for t in triples})
+    return set(rng.sample(queries, round(len(queries) * fraction)))
+
+
 def split_by_query(triples: list[Triple], fraction: float, rng: random.Random) -> tuple[list[Triple], list[Triple]]:
     """(train, held out): a ``fraction`` of the distinct queries, with all their triples, is held out."""
-    queries = sorted({t.query for t in triples})
-    held = set(rng.sample(queries, round(len(queries) * fraction)))
+    held = held_out_queries(triples, fraction, rng)
     return [t for t in triples if t.query not in held], [t for t in triples if t.query in held]
 
 

@@ -33,6 +33,7 @@ from trainer.logging_utils import CSVLog, plot_log
 from trainer.losses import require_finite
 from trainer.modeling import Policy
 from trainer.optim import check_resumed_config, clip_and_step, make_optimizer
+from trainer.prepare import held_out_queries
 from trainer.sft import load_checkpoint, load_schedule, run_state, save_checkpoint
 
 COLUMNS = ["step", "mean_reward", "mean_rr", "format_rate", "reward_spread", "loss", "kl", "refreshed_docs",
@@ -340,10 +341,9 @@ def batch_start(order: list[int], step: int, cfg: RLConfig) -> int:
 
 
 def heldout_rows(triples: list[Triple], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train rows, held-out rows) of ``triples``: a ``fraction`` of the distinct queries, with all their triples, is
-    held out."""
-    queries = sorted({t.query for t in triples})
-    held = set(random.Random(seed).sample(queries, round(len(queries) * fraction)))
+    """(train rows, held-out rows) of ``triples``: the queries the data stage holds out from one source with this
+    ``seed`` (``trainer.prepare.held_out_queries``), with all their triples."""
+    held = held_out_queries(triples, fraction, random.Random(seed))
     return [i for i, t in enumerate(triples) if t.query not in held], [i for i, t in enumerate(triples) if t.query in held]
 
 

@@ -40,11 +40,13 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig,
     hard negatives (up to ``num_negatives`` each): InfoNCE scores every query against all positives and negatives of
     the batch, the triplet term pairs each negative with its own query. With a frozen ``index`` (a query adapter)
     no document is encoded: InfoNCE scores every query against the whole corpus, and there is no triplet term."""
-    docs, owners = ([t.positive for t in batch] if index is None else []), []
-    for row, t in enumerate(batch if index is None else []):
-        for negative in t.negatives[: cfg.num_negatives]:
-            docs.append(negative)
-            owners.append(row)
+    docs, owners = [], []
+    if index is None:
+        docs = [t.positive for t in batch]
+        for row, t in enumerate(batch):
+            for negative in t.negatives[: cfg.num_negatives]:
+                docs.append(negative)
+                owners.append(row)
     q_seq, q_answer = policy.direct_sequences([t.query for t in batch], "query", cfg.max_query_length)
     d_seq, d_answer = policy.direct_sequences(docs, "document", cfg.max_document_length) if docs else ([], [])
     sequences, answers = q_seq + d_seq, q_answer + d_answer
