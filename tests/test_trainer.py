@@ -273,6 +273,19 @@ def test_grpo_update_skips_the_reference_and_old_forwards_it_does_not_need(tiny_
     assert (update["kl"] > 0) == (kl_beta > 0 and ppo_epochs > 1)  # the first epoch's policy is the reference
 
 
+def test_bare_penalty_is_taken_only_from_answers_without_an_analysis(tiny_model_dir, tmp_path):
+    triples = keyword_triples(2, 8)
+    cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), group_size=2, max_new_tokens=8,
+                   format_reward=0.0, bare_penalty=0.3, max_length=200, kl_beta=0.0, mixed_precision="no")
+    trainer = RetrievalGRPO(cfg, triples)
+    rollouts = trainer.rollout([t.query for t in triples[:2]], cfg.group_size, torch.Generator().manual_seed(0))
+    tokenizer = trainer.policy.tokenizer
+    rollouts.actions = [tokenizer.encode(text, add_special_tokens=False) for text in
+                        ["The embedding is", "Relevant paper: The embedding is", "keywords apple", "Keywords: pear. The embedding is"]]
+    rewards, reciprocal = trainer.rewards(rollouts, [p for p in trainer.positive_ids[:2] for _ in range(cfg.group_size)])
+    np.testing.assert_allclose(reciprocal - rewards, [0.3, 0.3, 0.0, 0.0])
+
+
 def test_grpo_update_favours_the_rollouts_that_rank_the_positive_higher(tiny_model_dir, tmp_path):
     """With the format reward off the reward is the positive's reciprocal rank alone; one GRPO update must raise the
     log-probability of the rollouts whose embeddings ranked the positive above their group's mean, and lower the rest.

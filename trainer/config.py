@@ -103,6 +103,7 @@ class RLConfig(RunConfig):
     clip_eps: float = 0.2
     kl_beta: float = 0.02
     format_reward: float = 0.5
+    bare_penalty: float = 0.0  # taken from the reward of an answer that writes no analysis (``rl.is_bare``)
     ppo_epochs: int = 1
     learning_rate: float = 1e-5
     batch_size: int = 4
@@ -134,7 +135,7 @@ RANGES = {
                     (lambda v: v > 0, "greater than 0")),
     "warmup_steps": (lambda v: v >= 0, "at least 0"),
     **dict.fromkeys(("margin", "kl_beta", "rank_band", "drift_band", "audit_noise", "sft", "kl", "infonce", "triplet",
-                     "embedding_weight"),
+                     "embedding_weight", "bare_penalty"),
                     (lambda v: v >= 0, "at least 0")),
     "heldout_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "case_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),

@@ -1,7 +1,7 @@
 """GRPO-style RL: sample G reasoning rollouts per query, reward their embeddings' retrieval quality.
 
 reward = 1 / rank(positive) + format_reward * [the answer ended as trained: the embed token, or the direct phrase that
-only the token may follow];
+only the token may follow] - bare_penalty * [the answer writes no analysis];
 advantages are normalised within each query's group; the loss is the clipped policy-gradient objective
 plus ``kl_beta`` * KL to the reference model (k3 estimator), over the generated tokens.
 """
@@ -184,13 +184,11 @@ class RetrievalGRPO:
         """Mean reciprocal rank of the positive for the greedy analyses of the triples at ``rows`` (as the evaluation
         writes them), and the share of those analyses that say nothing (``is_bare``)."""
         reciprocal, bare = [], 0
-        phrase = direct_phrase(self.policy.format.prompts.direct_answer)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             rollouts = self.rollout([self.triples[i].query for i in chunk], 1, greedy=True)
             reciprocal += list(1.0 / self.env.ranks(rollouts.embeddings, [self.positive_ids[i] for i in chunk]))
-            bare += sum(is_bare(self.policy.tokenizer.decode(a, skip_special_tokens=True), phrase)
-                        for a in rollouts.actions)
+            bare += int(self.bare_answers(rollouts).sum())
         return {"heldout_mrr": float(np.mean(reciprocal)), "heldout_bare_share": bare / len(rows)}
 
     def keep_lower_cache(self) -> None:
@@ -203,8 +201,18 @@ class RetrievalGRPO:
             self.lower_states_saved = len(cache.states)
 
     def rewards(self, rollouts: Rollouts, positive_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(reward, the positive's reciprocal rank) of each rollout."""
         reciprocal = 1.0 / self.env.ranks(rollouts.embeddings, positive_ids)
-        return reciprocal + self.cfg.format_reward * np.array(rollouts.emitted, dtype=np.float64), reciprocal
+        reward = reciprocal + self.cfg.format_reward * np.array(rollouts.emitted, dtype=np.float64)
+        if self.cfg.bare_penalty:
+            reward -= self.cfg.bare_penalty * self.bare_answers(rollouts)
+        return reward, reciprocal
+
+    def bare_answers(self, rollouts: Rollouts) -> np.ndarray:
+        """1.0 where a rollout writes no analysis (``is_bare``), else 0.0."""
+        phrase = direct_phrase(self.policy.format.prompts.direct_answer)
+        decoded = self.policy.tokenizer.batch_decode(rollouts.actions, skip_special_tokens=True)
+        return np.array([is_bare(text, phrase) for text in decoded], dtype=np.float64)
 
     def action_logprobs(self, rollouts: Rollouts, model) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probabilities of the actions, [B, A] with zeros where there is no token, and the mask of
