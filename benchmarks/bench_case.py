@@ -19,7 +19,7 @@ from pathlib import Path
 
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.cache import default_cache_dir
-from searchr3_eval.models.llm import cpu_has_native_bf16
+from searchr3_eval.models.lm.device import cpu_has_native_bf16
 from searchr3_eval.runner import evaluate
 
 GOAL = 0.02

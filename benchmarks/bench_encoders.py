@@ -20,7 +20,8 @@ import torch
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.data import DEFAULT_TASK, RetrievalTask, document_text, load_task
 from searchr3_eval.metrics import evaluate
-from searchr3_eval.models.llm import SMOLLM2_GGUF, cpu_has_native_bf16, resolve_llm
+from searchr3_eval.models.lm.device import cpu_has_native_bf16
+from searchr3_eval.models.lm.locate import SMOLLM2_GGUF, resolve_llm
 from searchr3_eval.models.searchr3 import SearchR3Encoder
 from searchr3_eval.retrieval import dense_search
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.memory import NO_TCMALLOC_ENV
-from searchr3_eval.models.llm import cpu_has_native_bf16
+from searchr3_eval.models.lm.device import cpu_has_native_bf16
 
 SETTINGS = {
     "glibc 64 KiB threshold (training's setting)": ("threshold-64k", {}),

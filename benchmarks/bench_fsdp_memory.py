@@ -25,7 +25,7 @@ from bench_sft_speed import fixed_batch  # the same batch of real pairs as the S
 
 from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_json
-from searchr3_eval.models.llm import cpu_has_native_bf16
+from searchr3_eval.models.lm.device import cpu_has_native_bf16
 from trainer import collectives, sharding
 from trainer.config import LossWeights, SFTConfig
 from trainer.modeling import Policy

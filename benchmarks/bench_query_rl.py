@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from searchr3_eval.atomic import atomic_write_json
-from searchr3_eval.models.llm import cpu_has_native_bf16
-from searchr3_eval.models.searchr3 import direct_phrase
+from searchr3_eval.models.lm.device import cpu_has_native_bf16
+from searchr3_eval.models.lm.generate import direct_phrase
 from trainer.config import RLConfig
 from trainer.rl import RetrievalGRPO, beir_training_set, is_bare
 

@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tqdm.auto import tqdm
 
@@ -21,6 +22,7 @@ from searchr3_eval.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
 
+Kind = Literal["query", "document"]  # a text is searched with (a query) or searched for (a document)
 EMBEDDED_DIR = Path(__file__).resolve().parent / "datasets"
 DEFAULT_TASK = "GSM8KRetrieval"
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"

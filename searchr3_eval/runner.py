@@ -20,6 +20,7 @@ from searchr3_eval.data import (MissingTaskData, RetrievalTask, TaskSource, chec
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import Run, drop_identical_ids, evaluate as score_run
 from searchr3_eval.models import ModelOptions, ModelSpec, Retriever, describe, index_of, load_model, parse_model_specs
+from searchr3_eval.report import write_report
 from searchr3_eval.results import ModelIdentity, TaskResult, find_result, ranking_path, result_identity
 
 log = logging.getLogger(__name__)
@@ -172,8 +173,6 @@ def evaluate(
             echo(f"{result.model} on {source.name}: nDCG@10 {result.scores['ndcg_at_10']:.4f} -> {path}")
     distributed.barrier()
     if report and main and (summary.computed or summary.reused):
-        from searchr3_eval.report import write_report
-
         summary.report_files = write_report(output_dir, baseline)
     if summary.missing_tasks and not skip_missing:
         raise UserError(f"no data for {len(summary.missing_tasks)} task(s): {', '.join(summary.missing_tasks)}; "

@@ -10,6 +10,7 @@ import yaml
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import MEASURES
 from searchr3_eval.models import ModelOptions
+from searchr3_eval.runner import evaluate
 
 CONDITIONS = Path(__file__).resolve().parent / "conditions.yaml"
 CONDITION_KEYS = {"name", "model", "rows"}, {"options"}  # (required, optional)
@@ -103,8 +104,6 @@ def verify(data_dir: Path, conditions: Path | None = None, *, names: str | None 
            show_progress: bool = True) -> list[Check]:
     """Re-score every selected check from scratch (``--overwrite``) and fill in ``measured``; ``names`` selects
     conditions by name or model spec, ``fast`` only the rows CI runs."""
-    from searchr3_eval.runner import evaluate
-
     checks = load_conditions(conditions)
     wanted = {m.strip() for m in names.split(",")} if names else None
     wanted_tasks = {t.strip() for t in tasks.split(",")} if tasks else None

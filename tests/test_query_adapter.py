@@ -10,9 +10,9 @@ from searchr3_eval.cache import EmbeddingCache, cache_file
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models import ModelOptions, describe, load_model, parse_model_spec
-from searchr3_eval.models.adapter import document_model_of
-from searchr3_eval.models.llm import llm_revision
-from searchr3_eval.models.prompt_format import add_embed_token
+from searchr3_eval.models.lm.locate import document_model_of
+from searchr3_eval.models.lm.locate import llm_revision
+from searchr3_eval.models.lm.prompt_format import add_embed_token
 from trainer.config import LossWeights, RLConfig, SFTConfig
 from trainer.data import Triple, write_triples
 from trainer.frozen_index import document_embeddings

@@ -50,7 +50,7 @@ def test_repeated_model_specs_run_once(data_dir, tmp_path):
 
 
 def test_library_and_cli_share_defaults(data_dir, tmp_path):
-    from searchr3_eval.cli import build_parser
+    from searchr3_eval.commands import build_parser
 
     args = build_parser().parse_args(["run"])
     defaults = ModelOptions()

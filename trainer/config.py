@@ -9,6 +9,8 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from searchr3_eval.errors import UserError
+from searchr3_eval.models.lm.device import resolve_device
+from searchr3_eval.models.lm.prompt_format import resolve_prompts
 
 
 @dataclass
@@ -184,12 +186,8 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         if values[key] not in CHOICES[key]:
             raise UserError(f"{prefix}{key} must be one of {', '.join(CHOICES[key])}, not {values[key]!r}")
     if "device" in values:
-        from searchr3_eval.models.llm import resolve_device
-
         resolve_device(values["device"])
     if values.get("prompts") is not None:
-        from searchr3_eval.models.prompt_format import resolve_prompts
-
         resolve_prompts(values["prompts"])
     for key in POSITIVE & set(values):
         if values[key] is not None and values[key] < 1:

@@ -13,17 +13,16 @@ from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write, atomic_write_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import plan_batches
-from searchr3_eval.models.adapter import (
-    document_model_of, is_adapter, load_adapter, packaged_name, read_manifest, save_adapter, shipped_model,
-)
-from searchr3_eval.models.llm import (
-    check_bf16_on, cpu_has_native_bf16, left_pad, load_causal_lm, lower_hidden_states,
-    padded_forward, resolve_device, upper_forward,
-)
-from searchr3_eval.models.prompt_format import (
+from searchr3_eval.models.lm.load import load_adapter
+from searchr3_eval.models.lm.locate import document_model_of, is_adapter, packaged_name, read_manifest, shipped_model
+from searchr3_eval.models.lm.save import save_adapter
+from searchr3_eval.models.lm.device import check_bf16_on, cpu_has_native_bf16, resolve_device
+from searchr3_eval.models.lm.forward import left_pad, lower_hidden_states, padded_forward, upper_forward
+from searchr3_eval.models.lm.load import load_causal_lm
+from searchr3_eval.models.lm.prompt_format import (
     EMBED_TOKEN, PromptFormat, add_embed_token, embed_token_id, resolve_prompts, trained_preset,
 )
-from searchr3_eval.models.searchr3 import stop_token_ids
+from searchr3_eval.models.lm.generate import stop_token_ids
 from trainer import collectives, sharding
 from trainer.config import RunConfig
 
@@ -57,7 +56,7 @@ class Policy:
                  dtype: str = "float32", mixed_precision: str = "no", attn_implementation: str = "auto",
                  device: str = "auto", prompts: str | None = None, query_adapter: bool = False):
         """``query_adapter``: a new LoRA over the Search-R3 model ``model_path`` (merged), saved as a query adapter
-        (``searchr3_eval.models.adapter``): what the query side trains against that model's frozen documents; a query
+        (``searchr3_eval.models.lm.locate``): what the query side trains against that model's frozen documents; a query
         adapter given as ``model_path`` is trained further over its own document model."""
         device = resolve_device(device)
         if query_adapter and not lora:
@@ -261,7 +260,7 @@ class Policy:
         return sequences, [min(n, len(s) - 1) for n, s in zip(lengths, sequences)]
 
     def save(self, folder: Path) -> None:
-        """A LoRA policy is saved as a small adapter over its base (``searchr3_eval.models.adapter``), with its prompt
+        """A LoRA policy is saved as a small adapter over its base (``searchr3_eval.models.lm.locate``), with its prompt
         preset; a fully fine-tuned one as a Hugging Face folder with its tokenizer (which records no preset: evaluate
         it with ``--prompts`` when it was trained with another than paper). Every process calls it (sharded weights
         are gathered); process 0 replaces ``folder`` atomically."""

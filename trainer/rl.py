@@ -20,8 +20,8 @@ from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
-from searchr3_eval.models.llm import left_pad
-from searchr3_eval.models.searchr3 import analysis_length, direct_phrase, generation_stops
+from searchr3_eval.models.lm.forward import left_pad
+from searchr3_eval.models.lm.generate import analysis_length, direct_phrase, generation_stops
 from trainer import collectives, sharding
 from trainer.config import RLConfig
 from trainer.data import Triple, load_triples

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from searchr3_eval.atomic import atomic_write_json, normal_permissions
 from searchr3_eval.errors import UserError
-from searchr3_eval.models.adapter import MANIFEST, ROWS_FILE, SHIPPED_DIR, read_manifest
+from searchr3_eval.models.lm.locate import MANIFEST, ROWS_FILE, SHIPPED_DIR, read_manifest
+from searchr3_eval.models.lm.prompt_format import trained_preset
+from searchr3_eval.models.searchr3 import SearchR3Encoder
 
 FILES = ("adapter_config.json", "adapter_model.safetensors", ROWS_FILE, MANIFEST)
 REFERENCE_FILE = "reference_embedding.json"
@@ -23,9 +25,6 @@ REFERENCE_TEXT = "Vitamin D deficiency is associated with a higher risk of respi
 def reference_embedding(name: str) -> dict:
     """The packaged model's float32 embedding of ``REFERENCE_TEXT`` as a query with the prompts it was trained with
     (float32: the same on every CPU)."""
-    from searchr3_eval.models.prompt_format import trained_preset
-    from searchr3_eval.models.searchr3 import SearchR3Encoder
-
     encoder = SearchR3Encoder.from_pretrained(name, dtype="float32", show_progress=False)
     vector = encoder.encode([REFERENCE_TEXT], "query")[0]
     return {"text": REFERENCE_TEXT, "kind": "query", "dtype": "float32", "prompts": trained_preset(name),

@@ -16,59 +16,19 @@ from pathlib import Path
 from searchr3_eval.cache import EmbeddingCache
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import DenseEncoder, Retriever
+from searchr3_eval.models.base_llm import LastTokenEncoder
 from searchr3_eval.models.bm25 import BM25Retriever, bm25_revision, bm25_settings
+from searchr3_eval.models.lm.device import resolve_device, resolve_dtype
+from searchr3_eval.models.lm.locate import llm_revision
+from searchr3_eval.models.options import ModelOptions
+from searchr3_eval.models.lm.prompt_format import resolve_prompts, trained_preset
+from searchr3_eval.models.searchr3 import SearchR3Encoder, searchr3_settings
+from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder, model_revision, st_settings
 from searchr3_eval.fusion import FusionRetriever, FusionSpec, parse_fusion, split_top_level
 from searchr3_eval.results import ModelIdentity, canonical_spec, identity_key
 from searchr3_eval.retrieval import parse_index
 
 DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2-sft"
-
-
-@dataclass
-class ModelOptions:
-    """Encoder options, with their defaults (the CLI takes its defaults from here)."""
-
-    batch_size: int = 256  # texts per batch at most (the token budget usually binds first)
-    batch_tokens: int = 4096  # padded tokens per batch at most (texts are batched longest first)
-    reasoning: str = "off"
-    max_length: int = 512
-    max_new_tokens: int = 64
-    reasoning_samples: int = 1  # analyses per reasoning text: 1 greedy, K > 1 sampled and their embeddings averaged
-    reasoning_temperature: float = 0.8  # the sampling temperature when reasoning_samples > 1
-    dtype: str = "auto"  # bfloat16 where the CPU or GPU computes it natively, else float32
-    device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
-    backend: str = "transformers"
-    add_embed_token: bool = False
-    prompts: str | None = None  # Search-R3 prompt preset; None: the one the model was trained with, else paper
-    system_prompt: str | None = None  # Search-R3 system prompt override
-    query_prompt: str | None = None  # query prefix override (sentence-transformers prompt, Search-R3 user prefix)
-    document_prompt: str | None = None
-    index: str = "flat"  # dense search: flat (exact), ivf or hnsw, with optional :param=value,... (faiss)
-    memmap_dir: Path | None = None  # corpus embeddings in a memory-mapped file there (corpora larger than RAM)
-    show_progress: bool = True
-
-    def validate(self) -> None:
-        from searchr3_eval.models.llm import DTYPE_CHOICES, resolve_device
-        from searchr3_eval.models.prompt_format import PROMPT_PRESETS
-
-        if self.batch_size < 1 or self.batch_tokens < 1:
-            raise UserError("--batch-size and --batch-tokens must be at least 1")
-        if self.max_length < 1 or self.max_new_tokens < 0:
-            raise UserError("--max-length must be at least 1 and --max-new-tokens at least 0")
-        if self.reasoning_samples < 1 or not self.reasoning_temperature > 0:
-            raise UserError("--reasoning-samples must be at least 1 and --reasoning-temperature greater than 0")
-        if self.reasoning not in ("off", "on", "all"):
-            raise UserError(f"--reasoning must be off, on or all, not {self.reasoning!r}")
-        if self.dtype not in DTYPE_CHOICES:
-            raise UserError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPE_CHOICES)}")
-        if self.backend not in ("transformers", "vllm"):
-            raise UserError(f"unknown generation backend {self.backend!r}; use transformers or vllm")
-        resolve_device(self.device)
-        parse_index(self.index)
-        if self.memmap_dir is not None and not Path(self.memmap_dir).is_dir():
-            raise UserError(f"--memmap-dir {self.memmap_dir} is not a folder")
-        if self.prompts is not None and self.prompts not in PROMPT_PRESETS:
-            raise UserError(f"unknown prompt preset {self.prompts!r}; use one of {', '.join(PROMPT_PRESETS)}")
 
 
 @dataclass(frozen=True)
@@ -126,8 +86,6 @@ def parse_model_specs(spec: str) -> list[ModelSpec]:
 
 
 def _searchr3_prompts(options: ModelOptions, spec: ModelSpec):
-    from searchr3_eval.models.prompt_format import resolve_prompts, trained_preset
-
     return resolve_prompts(options.prompts or trained_preset(spec.arg), options.system_prompt, options.query_prompt,
                            options.document_prompt)
 
@@ -142,16 +100,10 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
         return ModelIdentity(spec.text, identity_key({"members": described}),
                              {"method": spec.fusion.method, **params, "members": described})
     if spec.kind == "st":
-        from searchr3_eval.models.sentence_transformer import model_revision, st_settings
-
         return ModelIdentity(spec.text, model_revision(spec.arg), st_settings(options.query_prompt, options.document_prompt))
-    from searchr3_eval.models.llm import llm_revision, resolve_device, resolve_dtype
-
     revision, dtype = llm_revision(spec.arg), resolve_dtype(options.dtype, resolve_device(options.device))
     if spec.kind == "basellm":
         return ModelIdentity(spec.text, revision, {"max_length": options.max_length, "dtype": dtype})
-    from searchr3_eval.models.searchr3 import searchr3_settings
-
     settings = searchr3_settings(options.reasoning, options.max_length, options.max_new_tokens, _searchr3_prompts(options, spec),
                                  dtype, options.backend, options.add_embed_token or spec.adds_embed_token,
                                  options.reasoning_samples, options.reasoning_temperature)
@@ -171,8 +123,6 @@ def fusion_members(spec: ModelSpec, options: ModelOptions) -> list[tuple[ModelId
 def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | None,
                results_dir: Path | None = None) -> Retriever:
     """The retriever of ``spec``; a fused spec reads its members' rankings from ``results_dir``."""
-    from searchr3_eval.models.llm import resolve_device
-
     device = resolve_device(options.device)
     common = {"batch_size": options.batch_size, "batch_tokens": options.batch_tokens, "cache": cache,
               "show_progress": options.show_progress, "device": device, "index": options.index,
@@ -183,8 +133,6 @@ def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | N
         return FusionRetriever(spec.fusion, describe(spec, options), fusion_members(spec, options),
                                Path(results_dir or "results"))
     if spec.kind == "searchr3":
-        from searchr3_eval.models.searchr3 import SearchR3Encoder
-
         return SearchR3Encoder.from_pretrained(
             spec.arg,
             dtype=options.dtype,
@@ -199,11 +147,7 @@ def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | N
             **common,
         )
     if spec.kind == "basellm":
-        from searchr3_eval.models.base_llm import LastTokenEncoder
-
         return LastTokenEncoder(spec.arg, dtype=options.dtype, max_length=options.max_length, **common)
-    from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder
-
     return SentenceTransformerEncoder(spec.arg, query_prompt=options.query_prompt,
                                       document_prompt=options.document_prompt, **common)
 

@@ -12,19 +12,18 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from searchr3_eval.cache import EmbeddingCache, text_hash
-from searchr3_eval.data import RetrievalTask, document_text
+from searchr3_eval.data import Kind, RetrievalTask, document_text
 from searchr3_eval.distributed import broadcast_from_main, gather_to_main, is_main, rank_and_size
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import Run
 from searchr3_eval.retrieval import dense_search, parse_index
 
-Kind = Literal["query", "document"]
 PLURAL = {"query": "queries", "document": "documents"}
 CACHE_CHUNK = 8192  # hashes looked up in the cache at a time
 Allocate = Callable[[int, int], np.ndarray]  # (rows, dim) -> the array embeddings are written into

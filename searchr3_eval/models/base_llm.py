@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from searchr3_eval.models.base import DenseEncoder, Kind, l2_normalize
-from searchr3_eval.models.llm import last_hidden_states, load_causal_lm
+from searchr3_eval.data import Kind
+from searchr3_eval.models.base import DenseEncoder, l2_normalize
+from searchr3_eval.models.lm.forward import last_hidden_states
+from searchr3_eval.models.lm.load import load_causal_lm
 
 
 class LastTokenEncoder(DenseEncoder):

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from searchr3_eval.errors import UserError
-from searchr3_eval.models.base import DenseEncoder, Kind
+from searchr3_eval.data import Kind
+from searchr3_eval.models.base import DenseEncoder
 from searchr3_eval.fingerprint import fingerprint
 from searchr3_eval.results import MINILM, MINILM_ALIASES
 

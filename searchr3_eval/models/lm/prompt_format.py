@@ -9,10 +9,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from transformers import AddedToken
+
+from searchr3_eval.data import Kind
 from searchr3_eval.errors import UserError
-from searchr3_eval.models.adapter import is_adapter, read_manifest
-from searchr3_eval.models.base import Kind
-from searchr3_eval.models.llm import resolve_llm
+from searchr3_eval.models.lm.locate import is_adapter, read_manifest, resolve_llm
 
 EMBED_TOKEN = "<|embed_token|>"
 
@@ -72,8 +73,6 @@ def resolve_prompts(preset: str = DEFAULT_PRESET, system: str | None = None, que
 
 def add_embed_token(model, tokenizer) -> int:
     """Add ``<|embed_token|>`` as a special token; its new embedding row is the mean of the others."""
-    from transformers import AddedToken
-
     tokenizer.add_tokens([AddedToken(EMBED_TOKEN, special=True, normalized=False)], special_tokens=True)
     old = model.get_input_embeddings().weight.shape[0]
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -1,0 +1,97 @@
+"""The encoder options, each declared once: its type, default, allowed values and help. The ``run`` command's flags
+are generated from these fields (``add_arguments``), verify's conditions and library calls build the same dataclass,
+and ``validate`` checks them all the same way before any model loads."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from searchr3_eval.errors import UserError
+from searchr3_eval.models.lm.device import DTYPE_CHOICES, resolve_device
+from searchr3_eval.models.lm.prompt_format import PROMPT_PRESETS
+from searchr3_eval.retrieval import parse_index
+
+REASONING_CHOICES = ("off", "on", "all")
+BACKEND_CHOICES = ("transformers", "vllm")
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, at_least: float | None = None,
+           above: float | None = None, flag: bool = True) -> Any:
+    """A dataclass field with what its flag needs: ``choices`` it must be one of, ``at_least`` its lowest value,
+    ``above`` a bound it must exceed; ``flag=False``: set by the library, not on the command line."""
+    return field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least, "above": above,
+                                            "flag": flag})
+
+
+@dataclass
+class ModelOptions:
+    """Encoder options, with their defaults (the CLI's flags and defaults come from here)."""
+
+    batch_size: int = option(256, "texts per batch at most", at_least=1)
+    batch_tokens: int = option(4096, "padded tokens per batch at most (texts are batched longest first)", at_least=1)
+    reasoning: str = option("off", "Search-R3 reasoning: off, on (queries reason), all (queries and documents)",
+                            REASONING_CHOICES)
+    max_length: int = option(512, "tokens of a text's whole sequence at most (longer texts are cut)", at_least=1)
+    max_new_tokens: int = option(64, "tokens of a reasoning analysis at most", at_least=0)
+    reasoning_samples: int = option(1, "analyses per reasoning text: 1 (greedy) or K sampled, their embeddings "
+                                       "averaged", at_least=1)
+    reasoning_temperature: float = option(0.8, "sampling temperature when --reasoning-samples > 1", above=0)
+    dtype: str = option("auto", "LLM weights and compute; auto: bfloat16 where the CPU/GPU has native bf16, else "
+                                "float32", DTYPE_CHOICES)
+    device: str = option("auto", "auto (a GPU when present), cpu, cuda, cuda:N or mps")
+    backend: str = option("transformers", "where Search-R3 generates its analyses (vllm: a CUDA GPU)", BACKEND_CHOICES)
+    add_embed_token: bool = option(False, "add an (untrained) embed token to models without one")
+    prompts: str | None = option(None, "Search-R3 prompt preset (paper: the released checkpoint's format); default: "
+                                       "the preset the model was trained with (recorded in a trained adapter), else "
+                                       "paper", tuple(sorted(PROMPT_PRESETS)))
+    system_prompt: str | None = option(None, "Search-R3 system prompt (replaces the preset's)")
+    query_prompt: str | None = option(None, "prefix for queries: the sentence-transformers prompt, or Search-R3's "
+                                            "user-turn prefix")
+    document_prompt: str | None = option(None, "prefix for documents (as --query-prompt)")
+    index: str = option("flat", "dense search: flat (exact), ivf or hnsw (faiss), e.g. ivf:nprobe=32 or "
+                                "hnsw:ef_search=512")
+    memmap_dir: Path | None = option(None, "keep corpus embeddings in a memory-mapped file in this folder (corpora "
+                                           "larger than RAM)")
+    show_progress: bool = option(True, "progress bars (the command line's --quiet turns them off)", flag=False)
+
+    def validate(self) -> None:
+        """A ``UserError`` naming the flag for the first value out of its declared range."""
+        for f in fields(self):
+            value, meta, flag = getattr(self, f.name), f.metadata, flag_name(f.name)
+            if meta["choices"] and value is not None and value not in meta["choices"]:
+                raise UserError(f"{flag} must be {', '.join(meta['choices'][:-1])} or {meta['choices'][-1]}, "
+                                f"not {value!r}")
+            if meta["at_least"] is not None and value < meta["at_least"]:
+                raise UserError(f"{flag} must be at least {meta['at_least']}")
+            if meta["above"] is not None and not value > meta["above"]:
+                raise UserError(f"{flag} must be greater than {meta['above']}")
+        resolve_device(self.device)
+        parse_index(self.index)
+        if self.memmap_dir is not None and not Path(self.memmap_dir).is_dir():
+            raise UserError(f"--memmap-dir {self.memmap_dir} is not a folder")
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag for each command-line field of ``ModelOptions``, with its default, choices and help."""
+    hints = get_type_hints(ModelOptions)
+    for f in fields(ModelOptions):
+        if not f.metadata["flag"]:
+            continue
+        if hints[f.name] is bool:
+            parser.add_argument(flag_name(f.name), action="store_true", help=f.metadata["help"])
+            continue
+        kind = next(t for t in (int, float, Path, str) if t == hints[f.name] or t in getattr(hints[f.name], "__args__", ()))
+        parser.add_argument(flag_name(f.name), type=kind, default=f.default, choices=f.metadata["choices"],
+                            help=f.metadata["help"])
+
+
+def from_arguments(args: argparse.Namespace, show_progress: bool) -> ModelOptions:
+    """The options the parsed flags of ``add_arguments`` give."""
+    return ModelOptions(**{f.name: getattr(args, f.name) for f in fields(ModelOptions) if f.metadata["flag"]},
+                        show_progress=show_progress)
