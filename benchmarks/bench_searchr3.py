@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.data import DEFAULT_TASK, load_task
@@ -41,7 +42,7 @@ def main() -> None:
     enc.encode(queries[:2], "query")  # warm-up
     results = {}
     for mode in ("off", "on"):
-        enc.reasoning, timed.seconds = mode, 0.0
+        enc.config, timed.seconds = replace(enc.config, reasoning=mode), 0.0
         start = time.perf_counter()
         enc.encode(queries, "query")
         seconds = time.perf_counter() - start

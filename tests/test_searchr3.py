@@ -158,8 +158,9 @@ def test_cache_key_depends_on_settings(tiny_model_dir):
     assert off.cache_key("query") != off.cache_key("document")
     # with reasoning="on" documents are embedded directly: they share reasoning="off"'s cached embeddings
     assert off.cache_key("document") == on.cache_key("document") != both.cache_key("document")
-    on.format.max_length = 64
-    assert off.cache_key("document") != on.cache_key("document")
+    shorter = SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, reasoning="on", max_length=64,
+                                              show_progress=False)
+    assert off.cache_key("document") != shorter.cache_key("document")
 
 
 def test_vllm_backend_without_vllm_is_a_user_error(tiny_model_dir):

@@ -22,7 +22,7 @@ from searchr3_eval.models.lm.device import resolve_device, resolve_dtype
 from searchr3_eval.models.lm.locate import llm_revision
 from searchr3_eval.models.options import ModelOptions
 from searchr3_eval.models.lm.prompt_format import resolve_prompts, trained_preset
-from searchr3_eval.models.searchr3 import SearchR3Encoder, searchr3_settings
+from searchr3_eval.models.searchr3 import SearchR3Encoder, SearchR3Settings
 from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder, model_revision, st_settings
 from searchr3_eval.fusion import FusionRetriever, FusionSpec, parse_fusion, split_top_level
 from searchr3_eval.results import ModelIdentity, canonical_spec, identity_key
@@ -85,9 +85,15 @@ def parse_model_specs(spec: str) -> list[ModelSpec]:
     return specs
 
 
-def _searchr3_prompts(options: ModelOptions, spec: ModelSpec):
-    return resolve_prompts(options.prompts or trained_preset(spec.arg), options.system_prompt, options.query_prompt,
-                           options.document_prompt)
+def searchr3_config(spec: ModelSpec, options: ModelOptions) -> SearchR3Settings:
+    """The settings a Search-R3 spec is loaded with, and known by: the prompts default to the preset the model was
+    trained with, the dtype is resolved for the device."""
+    prompts = resolve_prompts(options.prompts or trained_preset(spec.arg), options.system_prompt, options.query_prompt,
+                              options.document_prompt)
+    return SearchR3Settings(options.reasoning, options.max_length, options.max_new_tokens, prompts,
+                            resolve_dtype(options.dtype, resolve_device(options.device)), options.backend,
+                            options.add_embed_token or spec.adds_embed_token, options.reasoning_samples,
+                            options.reasoning_temperature)
 
 
 def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
@@ -101,13 +107,10 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
                              {"method": spec.fusion.method, **params, "members": described})
     if spec.kind == "st":
         return ModelIdentity(spec.text, model_revision(spec.arg), st_settings(options.query_prompt, options.document_prompt))
-    revision, dtype = llm_revision(spec.arg), resolve_dtype(options.dtype, resolve_device(options.device))
     if spec.kind == "basellm":
-        return ModelIdentity(spec.text, revision, {"max_length": options.max_length, "dtype": dtype})
-    settings = searchr3_settings(options.reasoning, options.max_length, options.max_new_tokens, _searchr3_prompts(options, spec),
-                                 dtype, options.backend, options.add_embed_token or spec.adds_embed_token,
-                                 options.reasoning_samples, options.reasoning_temperature)
-    return ModelIdentity(spec.text, revision, settings)
+        dtype = resolve_dtype(options.dtype, resolve_device(options.device))
+        return ModelIdentity(spec.text, llm_revision(spec.arg), {"max_length": options.max_length, "dtype": dtype})
+    return ModelIdentity(spec.text, llm_revision(spec.arg), searchr3_config(spec, options).identity())
 
 
 def index_of(spec: ModelSpec, options: ModelOptions) -> str:
@@ -133,19 +136,7 @@ def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | N
         return FusionRetriever(spec.fusion, describe(spec, options), fusion_members(spec, options),
                                Path(results_dir or "results"))
     if spec.kind == "searchr3":
-        return SearchR3Encoder.from_pretrained(
-            spec.arg,
-            dtype=options.dtype,
-            add_token=options.add_embed_token or spec.adds_embed_token,
-            reasoning=options.reasoning,
-            max_length=options.max_length,
-            max_new_tokens=options.max_new_tokens,
-            reasoning_samples=options.reasoning_samples,
-            reasoning_temperature=options.reasoning_temperature,
-            backend=options.backend,
-            prompts=_searchr3_prompts(options, spec),
-            **common,
-        )
+        return SearchR3Encoder.from_settings(spec.arg, searchr3_config(spec, options), **common)
     if spec.kind == "basellm":
         return LastTokenEncoder(spec.arg, dtype=options.dtype, max_length=options.max_length, **common)
     return SentenceTransformerEncoder(spec.arg, query_prompt=options.query_prompt,

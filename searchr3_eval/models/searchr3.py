@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 from searchr3_eval.data import Kind
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.base import DenseEncoder, l2_normalize
+from searchr3_eval.models.lm.device import resolve_device, resolve_dtype
 from searchr3_eval.models.lm.forward import last_hidden_states
 from searchr3_eval.models.lm.generate import make_generator
 from searchr3_eval.models.lm.load import load_causal_lm
@@ -26,29 +27,44 @@ from searchr3_eval.models.lm.prompt_format import (
 )
 
 Reasoning = Literal["off", "on", "all"]  # on: queries reason, documents direct; all: both reason
-
-
 ANALYSIS_END = "stop at the embed token, end of turn or the direct phrase"  # how generation ends (cache key)
-
-
-def searchr3_settings(reasoning: str, max_length: int, max_new_tokens: int, prompts: Prompts, dtype: str, backend: str,
-                      add_embed_token: bool, samples: int = 1, temperature: float = 0.0) -> dict:
-    """Everything besides the weights that changes a Search-R3 embedding, and nothing else: the settings of
-    generation (``REASONING_ONLY`` and the reasoning system prompt) only where something reasons, and the sampling
-    settings only where several analyses are sampled (one greedy analysis is what every earlier result used)."""
-    settings = {"reasoning": reasoning, "max_length": max_length, "prompts": asdict(prompts), "dtype": dtype,
-                "add_embed_token": add_embed_token}
-    if reasoning == "off":
-        del settings["prompts"]["reasoning_system"]
-    else:
-        settings.update(max_new_tokens=max_new_tokens, backend=backend, analysis_end=ANALYSIS_END)
-        if samples > 1:
-            settings.update(reasoning_samples=samples, reasoning_temperature=temperature)
-    return settings
-
-
 REASONING_ONLY = ("max_new_tokens", "backend", "analysis_end", "reasoning_samples", "reasoning_temperature")
 SAMPLING_SEED = 0  # each batch's sampled analyses are drawn from this seed
+
+
+@dataclass(frozen=True)
+class SearchR3Settings:
+    """Everything besides the weights that changes a Search-R3 embedding: what the encoder is built from, and (as
+    ``identity``) the settings its results are known by. ``dtype`` is resolved (float32 or bfloat16)."""
+
+    reasoning: Reasoning = "off"
+    max_length: int = 512
+    max_new_tokens: int = 64
+    prompts: Prompts = PROMPT_PRESETS[DEFAULT_PRESET]
+    dtype: str = "float32"
+    backend: str = "transformers"
+    add_embed_token: bool = False
+    reasoning_samples: int = 1
+    reasoning_temperature: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.reasoning not in ("off", "on", "all"):
+            raise UserError(f"--reasoning must be off, on or all, not {self.reasoning!r}")
+
+    def identity(self) -> dict:
+        """The settings a result records, and nothing else: those of generation (``REASONING_ONLY`` and the reasoning
+        system prompt) only where something reasons, and the sampling settings only where several analyses are
+        sampled (one greedy analysis is what every earlier result used)."""
+        settings = {"reasoning": self.reasoning, "max_length": self.max_length, "prompts": asdict(self.prompts),
+                    "dtype": self.dtype, "add_embed_token": self.add_embed_token}
+        if self.reasoning == "off":
+            del settings["prompts"]["reasoning_system"]
+        else:
+            settings.update(max_new_tokens=self.max_new_tokens, backend=self.backend, analysis_end=ANALYSIS_END)
+            if self.reasoning_samples > 1:
+                settings.update(reasoning_samples=self.reasoning_samples,
+                                reasoning_temperature=self.reasoning_temperature)
+        return settings
 
 
 def direct_settings(settings: dict) -> dict:
@@ -61,58 +77,50 @@ def direct_settings(settings: dict) -> dict:
 
 
 class SearchR3Encoder(DenseEncoder):
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        *,
-        name: str = "Search-R3",
-        revision: str = "unknown",
-        reasoning: Reasoning = "off",
-        max_length: int = 512,
-        max_new_tokens: int = 64,
-        backend: str = "transformers",
-        prompts: Prompts = PROMPT_PRESETS[DEFAULT_PRESET],
-        add_embed_token: bool = False,
-        reasoning_samples: int = 1,
-        reasoning_temperature: float = 0.8,
-        documents: "SearchR3Encoder | None" = None,
-        **kwargs,
-    ):
+    def __init__(self, model, tokenizer, config: SearchR3Settings = SearchR3Settings(), *, name: str = "Search-R3",
+                 revision: str = "unknown", documents: "SearchR3Encoder | None" = None, **kwargs):
         """``documents``: the encoder of the document model when ``model`` is a query adapter's (queries only)."""
         super().__init__(**kwargs)
-        if reasoning not in ("off", "on", "all"):
-            raise UserError(f"--reasoning must be off, on or all, not {reasoning!r}")
-        if documents is not None and reasoning == "all":
+        if documents is not None and config.reasoning == "all":
             raise UserError(f"{name}: a query adapter reasons on queries only; documents are its document model's "
                             "direct embeddings (use --reasoning on)")
-        self.documents = documents
-        self.format = PromptFormat(tokenizer, prompts, max_length, max_new_tokens, name)
+        self.config, self.documents = config, documents
+        self.format = PromptFormat(tokenizer, config.prompts, config.max_length, config.max_new_tokens, name)
         self.model, self.tokenizer, self.embed_id = model, tokenizer, self.format.embed_id
         self.name, self.revision = name, revision
-        self.reasoning, self.backend, self.add_embed_token = reasoning, backend, add_embed_token
-        self.samples, self.temperature = reasoning_samples, reasoning_temperature
         self.share_prefix = True  # run the prompt prefix every text shares once per batch (same embeddings)
-        self.generator = make_generator(backend, model, tokenizer, self.embed_id, max_length + max_new_tokens,
-                                        prompts.direct_answer)
+        self.generator = make_generator(config.backend, model, tokenizer, self.embed_id,
+                                        config.max_length + config.max_new_tokens, config.prompts.direct_answer)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "float32", add_token: bool = False,
                         attn_implementation: str | None = None, device: str = "cpu", prompts: Prompts | None = None,
+                        reasoning: Reasoning = "off", max_length: int = 512, max_new_tokens: int = 64,
+                        backend: str = "transformers", reasoning_samples: int = 1, reasoning_temperature: float = 0.8,
                         **kwargs) -> "SearchR3Encoder":
-        """Load a model; ``prompts`` default to the preset it was trained with (``trained_preset``). A query adapter
-        (``adapter.document_model_of``) embeds queries and its document model, loaded beside it, the documents."""
-        prompts = prompts or resolve_prompts(trained_preset(name_or_path))
-        model, tokenizer, revision, display = load_causal_lm(name_or_path, dtype, attn_implementation, device)
-        if embed_token_id(tokenizer) is None and add_token:
+        """Load a model; ``prompts`` default to the preset it was trained with (``trained_preset``); ``kwargs`` go to
+        ``DenseEncoder``."""
+        config = SearchR3Settings(reasoning, max_length, max_new_tokens,
+                                  prompts or resolve_prompts(trained_preset(name_or_path)),
+                                  resolve_dtype(dtype, resolve_device(device)), backend, add_token, reasoning_samples,
+                                  reasoning_temperature)
+        return cls.from_settings(name_or_path, config, attn_implementation, device, **kwargs)
+
+    @classmethod
+    def from_settings(cls, name_or_path: str, config: SearchR3Settings, attn_implementation: str | None = None,
+                      device: str = "cpu", **kwargs) -> "SearchR3Encoder":
+        """Load a model for ``config`` (what ``describe`` gives its identity from). A query adapter
+        (``locate.document_model_of``) embeds queries and its document model, loaded beside it, the documents."""
+        model, tokenizer, revision, display = load_causal_lm(name_or_path, config.dtype, attn_implementation, device)
+        if embed_token_id(tokenizer) is None and config.add_embed_token:
             add_embed_token(model, tokenizer)
             display += ", untrained embed token"
         documents = None
         if (document_model := document_model_of(resolve_llm(name_or_path)[0])) is not None:
-            direct = {**kwargs, "reasoning": "off", "backend": "transformers"}  # documents never generate
-            documents = cls.from_pretrained(document_model, dtype, False, attn_implementation, device, prompts, **direct)
-        return cls(model, tokenizer, name=f"Search-R3 ({display})", revision=revision, prompts=prompts,
-                   add_embed_token=add_token, device=str(model.device), documents=documents, **kwargs)
+            direct = replace(config, reasoning="off", backend="transformers", add_embed_token=False)  # never generates
+            documents = cls.from_settings(document_model, direct, attn_implementation, device, **kwargs)
+        return cls(model, tokenizer, config, name=f"Search-R3 ({display})", revision=revision,
+                   device=str(model.device), documents=documents, **kwargs)
 
     def cache_key(self, kind: Kind) -> str:
         if kind == "document" and self.documents is not None:
@@ -141,9 +149,7 @@ class SearchR3Encoder(DenseEncoder):
 
     @property
     def settings(self) -> dict:
-        dtype = str(self.model.dtype).removeprefix("torch.")
-        return searchr3_settings(self.reasoning, self.max_length, self.max_new_tokens, self.prompts, dtype, self.backend,
-                                 self.add_embed_token, self.samples, self.temperature)
+        return self.config.identity()
 
     def embedding_settings(self, kind: Kind) -> dict:
         """A kind embedded directly does not depend on the reasoning settings: with ``--reasoning on`` the documents
@@ -151,7 +157,7 @@ class SearchR3Encoder(DenseEncoder):
         return self.settings if self.reasons(kind) else direct_settings(self.settings)
 
     def reasons(self, kind: Kind) -> bool:
-        return self.reasoning == "all" or (self.reasoning == "on" and kind == "query")
+        return self.config.reasoning == "all" or (self.config.reasoning == "on" and kind == "query")
 
     def text_lengths(self, texts: list[str], kind: Kind) -> list[int]:
         """Tokens of each text's full sequence (reasoning mode: the prompt plus the longest analysis, times the
@@ -159,7 +165,7 @@ class SearchR3Encoder(DenseEncoder):
         reasoning = self.reasons(kind)
         extra = self.format.overhead(kind, reasoning) + (self.max_new_tokens if reasoning else 0)
         counts = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        copies = self.samples if reasoning else 1
+        copies = self.config.reasoning_samples if reasoning else 1
         return [copies * min(self.max_length, len(ids) + extra) for ids in counts]
 
     @torch.inference_mode()
@@ -173,14 +179,16 @@ class SearchR3Encoder(DenseEncoder):
             return l2_normalize(hidden.float().cpu().numpy()), None
         start = time.perf_counter()
         prompts = self.format.generation_prompts(texts, kind)
-        if self.samples == 1:
+        samples = self.config.reasoning_samples
+        if samples == 1:
             sampled = [[a] for a in self.generator(prompts, self.max_new_tokens)]
         else:
-            sampled = self.generator.sample(prompts, self.max_new_tokens, self.samples, self.temperature, SAMPLING_SEED)
+            sampled = self.generator.sample(prompts, self.max_new_tokens, samples, self.config.reasoning_temperature,
+                                            SAMPLING_SEED)
         self.generation_seconds += time.perf_counter() - start
         flat_texts = [t for t, row in zip(texts, sampled) for _ in row]
         hidden = last_hidden_states(self.model, self.format.sequences(flat_texts, kind, [a for row in sampled for a in row]),
                                     self.tokenizer.pad_token_id, self.share_prefix)
-        vectors = l2_normalize(hidden.float().cpu().numpy()).reshape(len(texts), self.samples, -1).mean(axis=1)
-        analyses = [row[0] if self.samples == 1 else json.dumps(row) for row in sampled]
+        vectors = l2_normalize(hidden.float().cpu().numpy()).reshape(len(texts), samples, -1).mean(axis=1)
+        analyses = [row[0] if samples == 1 else json.dumps(row) for row in sampled]
         return l2_normalize(vectors), analyses
