@@ -36,7 +36,7 @@ class RunConfig:
     seed: int = 0
     dtype: str = "float32"  # weights and optimiser state
     mixed_precision: str = "auto"  # bf16 autocast for forwards: auto (where bf16 is native), bf16 or no
-    attn_implementation: str = "auto"  # auto: eager (faster on CPU; sdpa's CUDA gradients are NaN at left padding)
+    attn_implementation: str = "auto"  # auto: eager on CPU (faster there), sdpa on a CUDA GPU
     device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
     prompts: str | None = None  # prompt preset (searchr3_eval PROMPT_PRESETS); default: the starting adapter's, else paper
     batch_tokens: int = 4096  # padded tokens per forward chunk (SFT batches, the RL environment's encoding): longest first

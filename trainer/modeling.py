@@ -63,9 +63,10 @@ class Policy:
             raise UserError("query_adapter trains a LoRA adapter: set lora: true")
         self.prompt_preset = prompts or trained_preset(model_path)  # saved with the adapter: the evaluator's default
         if attn_implementation == "auto":
-            # eager: faster than sdpa for training on CPU (benchmarks/bench_sft_speed.py), and on CUDA sdpa's gradients
-            # turn NaN at left padding, whose rows mask every key (seen on an H200: NaN weights after 4 SFT steps)
-            attn_implementation = "eager"
+            # eager: faster than sdpa for training on CPU (benchmarks/bench_sft_speed.py); sdpa on a GPU, where the
+            # forwards' right padding (lm.forward) leaves no attention row empty (left-padded, an H200 gave NaN
+            # weights after 4 SFT steps)
+            attn_implementation = "sdpa" if device.startswith("cuda") else "eager"
         if (shipped := shipped_model(model_path)) is not None and document_model_of(shipped):
             model_path = str(shipped)  # a packaged query adapter named as it is evaluated (searchr3:<name>)
         continued_query_adapter = document_model_of(model_path)  # a query adapter trains on as one

@@ -1,6 +1,10 @@
-"""Forward passes of a causal LM's decoder that read final-layer hidden states: left-padded batches with positions that
-start at each row's first token, a shared prompt prefix run once, and the lower and upper layers apart (a frozen lower
-part's states cached). The encoder and the trainer both read "the hidden state at the embed token" from here."""
+"""Forward passes of a causal LM's decoder that read final-layer hidden states: batches returned left-padded (every
+sequence ends at the last position), a shared prompt prefix run once, and the lower and upper layers apart (a frozen
+lower part's states cached). The encoder and the trainer both read "the hidden state at the embed token" from here.
+
+A batch runs through the decoder right-padded: a left-padded pad position comes before every real token, so causal
+attention leaves it no key at all, and fused GPU kernels (sdpa on CUDA) turn such a row into NaN that reaches the real
+tokens through its value; right-padded, every position sees at least the first token and no real token sees a pad."""
 from __future__ import annotations
 
 import inspect
@@ -22,6 +26,28 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into (input_ids, attention_mask)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def as_left_padded(hidden: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Right-padded states [B, T, H] moved so that each row's ``lengths[i]`` states end at the last position; the
+    positions before them are zero (differentiable: a gather)."""
+    width = hidden.shape[1]
+    lengths_t = torch.tensor(lengths, device=hidden.device)
+    source = torch.arange(width, device=hidden.device)[None, :] - (width - lengths_t)[:, None]
+    real = source >= 0
+    moved = hidden.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+    return moved * real[..., None].to(hidden.dtype)
+
+
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Positions that start at 0 on each row's first real token, so padding does not shift them."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
@@ -37,12 +63,11 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
 
 
 def padded_forward(model, sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final-layer hidden states [B, T, H] of a left-padded batch (positions start at each row's first token), and the
-    padded ids [B, T]. The encoder and the trainer both read "the hidden state at the embed token" from here."""
-    ids, mask = left_pad(sequences, pad_id)
-    ids, mask = ids.to(model.device), mask.to(model.device)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
-    return hidden, ids
+    """Final-layer hidden states [B, T, H] of a batch, left-padded (zeros before each sequence), and its left-padded
+    ids [B, T]; run right-padded, so positions start at 0 on every row."""
+    ids, mask = right_pad(sequences, pad_id)
+    hidden = model.base_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
+    return as_left_padded(hidden, [len(s) for s in sequences]), left_pad(sequences, pad_id)[0].to(model.device)
 
 
 def last_hidden_states(model, sequences: list[list[int]], pad_id: int, share_prefix: bool = True) -> torch.Tensor:
@@ -92,22 +117,22 @@ def layers_only(decoder, layers: slice, final_norm: bool = True):
 @torch.no_grad()
 def lower_hidden_states(model, sequences: list[list[int]], pad_id: int, n_layers: int) -> list[torch.Tensor]:
     """Each sequence's hidden states [len, H] after the first ``n_layers`` decoder layers (padding removed)."""
-    ids, mask = left_pad(sequences, pad_id)
-    ids, mask = ids.to(model.device), mask.to(model.device)
+    ids, mask = right_pad(sequences, pad_id)
     with layers_only(model.base_model, slice(0, n_layers), final_norm=False) as decoder:
-        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
-    width = ids.shape[1]
-    return [hidden[row, width - len(seq) :] for row, seq in enumerate(sequences)]
+        hidden = decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).last_hidden_state
+    return [hidden[row, : len(seq)] for row, seq in enumerate(sequences)]
 
 
 def upper_forward(model, states: list[torch.Tensor], n_lower: int) -> torch.Tensor:
     """Final-layer hidden states [B, T, H] from lower-layer states (``lower_hidden_states``), left-padded: the layers
-    above ``n_lower`` and the final norm. ``upper_forward(lower_hidden_states(x, n), n)`` equals ``padded_forward(x)``."""
+    above ``n_lower`` and the final norm, run right-padded. ``upper_forward(lower_hidden_states(x, n), n)`` equals
+    ``padded_forward(x)``."""
     width = max(len(s) for s in states)
     padded = states[0].new_zeros(len(states), width, states[0].shape[-1])
     mask = torch.zeros(len(states), width, dtype=torch.long, device=padded.device)
     for row, s in enumerate(states):
-        padded[row, width - len(s) :] = s
-        mask[row, width - len(s) :] = 1
+        padded[row, : len(s)] = s
+        mask[row, : len(s)] = 1
     with layers_only(model.base_model, slice(n_lower, None)) as decoder:
-        return decoder(inputs_embeds=padded, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+        hidden = decoder(inputs_embeds=padded, attention_mask=mask).last_hidden_state
+    return as_left_padded(hidden, [len(s) for s in states])
