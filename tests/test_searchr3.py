@@ -278,7 +278,7 @@ def test_sentence_transformers_use_their_query_and_document_prompts():
 
 
 def test_token_budget_batches_hold_the_budget_and_every_text():
-    from searchr3_eval.models.base import plan_batches
+    from searchr3_eval.models.encoding import plan_batches
 
     lengths = [5, 300, 40, 41, 7, 120, 1000, 39]
     batches = plan_batches(lengths, max_rows=3, max_tokens=200)

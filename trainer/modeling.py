@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write, atomic_write_folder
 from searchr3_eval.errors import UserError
-from searchr3_eval.models.base import plan_batches
+from searchr3_eval.models.encoding import plan_batches
 from searchr3_eval.models.lm.load import load_adapter
 from searchr3_eval.models.lm.locate import document_model_of, is_adapter, packaged_name, read_manifest, shipped_model
 from searchr3_eval.models.lm.save import save_adapter
