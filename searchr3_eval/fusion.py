@@ -18,10 +18,10 @@ RRF_K = 60
 
 
 def split_top_level(text: str, separator: str = ",") -> list[str]:
-    """``text`` split at ``separator`` outside parentheses."""
+    """``text`` split at ``separator`` outside parentheses and brackets (a model's own options)."""
     parts, depth, current = [], 0, ""
     for char in text:
-        depth += (char == "(") - (char == ")")
+        depth += (char in "([") - (char in ")]")
         if depth < 0:
             raise UserError(f"unbalanced parentheses in {text!r}")
         if char == separator and depth == 0:

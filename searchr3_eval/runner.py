@@ -145,7 +145,7 @@ def evaluate(
             if previous is None:
                 todo.setdefault(source, []).append((spec, identity))
             else:
-                echo(f"skip {spec.text} on {source.name}: result exists ({path}; use --overwrite to redo)")
+                echo(f"skip {spec.label} on {source.name}: result exists ({path}; use --overwrite to redo)")
                 summary.reused.append(previous)
     kept: dict[TaskSource, RetrievalTask] = {}
     for source in todo:  # parse every task that has work before any model runs; small ones stay loaded

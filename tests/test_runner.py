@@ -106,3 +106,26 @@ def test_device_is_checked_first_and_recorded(data_dir, tmp_path):
         ModelOptions(device="gpu").validate()
     summary = evaluate("bm25,minilm", "MiniGSM", tmp_path / "r", data_dir=data_dir, options=QUIET, echo=lambda _: None)
     assert [r.timing["device"] for r in summary.computed] == ["cpu", "cpu"]
+
+
+def test_a_models_own_options_make_it_a_second_row_with_the_same_identity_as_the_flags(data_dir, tmp_path,
+                                                                                        tiny_model_dir):
+    """``searchr3:<model>[reasoning=on,...]`` beside ``searchr3:<model>`` scores both in one run; the bracketed row is
+    the result ``--reasoning on`` gives (the same identity, so that run finds it and skips), and a bad option is a
+    UserError before any model loads."""
+    tiny = f"searchr3:{tiny_model_dir}"
+    options = ModelOptions(show_progress=False, add_embed_token=True, max_length=160)
+    summary = evaluate(f"{tiny},{tiny}[reasoning=on,max-new-tokens=4]", "MiniGSM", tmp_path / "r", data_dir=data_dir,
+                       options=options, cache_dir=None)
+    assert sorted(r.settings["reasoning"] for r in summary.computed) == ["off", "on"]
+    on = next(r for r in summary.computed if r.settings["reasoning"] == "on")
+    assert on.model_spec == tiny and on.settings["max_new_tokens"] == 4
+    again = evaluate(tiny, "MiniGSM", tmp_path / "r", data_dir=data_dir, cache_dir=None,
+                     options=ModelOptions(show_progress=False, add_embed_token=True, max_length=160, reasoning="on",
+                                          max_new_tokens=4))
+    assert not again.computed and [r.scores for r in again.reused] == [on.scores]
+    for bad, message in ((f"{tiny}[reasoning=maybe]", "--reasoning must be off, on or all"),
+                         (f"{tiny}[temperature=2]", "'temperature=2' is not key=value with a key among"),
+                         ("bm25[reasoning=on]", "only embedding models take options of their own")):
+        with pytest.raises(UserError, match=message):
+            evaluate(bad, "MiniGSM", tmp_path / "bad", data_dir=data_dir, options=options, cache_dir=None)

@@ -20,7 +20,7 @@ from searchr3_eval.models.base_llm import LastTokenEncoder
 from searchr3_eval.models.bm25 import BM25Retriever, bm25_revision, bm25_settings
 from searchr3_eval.models.lm.device import resolve_device, resolve_dtype
 from searchr3_eval.models.lm.locate import llm_revision
-from searchr3_eval.models.options import ModelOptions
+from searchr3_eval.models.options import ModelOptions, split_spec_options, with_spec_options
 from searchr3_eval.models.lm.prompt_format import resolve_prompts, trained_preset
 from searchr3_eval.models.searchr3 import SearchR3Encoder, SearchR3Settings
 from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder, model_revision, st_settings
@@ -33,11 +33,18 @@ DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2-sft"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model as named on the command line: ``text`` as given, its kind and argument."""
+    """One model as named on the command line: ``text`` its canonical name, its kind and argument, and ``options``
+    of its own (``searchr3:smollm2-sft-query[reasoning=on,max_new_tokens=32]``) over the run's."""
 
     text: str
     kind: str
     arg: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The spec as it is written, options included."""
+        return self.text + (f"[{','.join(f'{k}={v}' for k, v in self.options)}]" if self.options else "")
 
     @property
     def is_dense(self) -> bool:
@@ -62,12 +69,19 @@ class ModelSpec:
 
 
 def parse_model_spec(text: str) -> ModelSpec:
-    """A spec in its canonical form (``results.canonical_spec``), so one model named two ways is one identity."""
+    """A spec in its canonical form (``results.canonical_spec``), so one model named two ways is one identity; a dense
+    model's own options follow its name in brackets."""
+    base, options = split_spec_options(text)
+    if options:
+        spec = parse_model_spec(base)
+        if not spec.is_dense:
+            raise UserError(f"model spec {text!r}: only embedding models take options of their own")
+        return ModelSpec(spec.text, spec.kind, spec.arg, options)
     if text == "bm25":
         return ModelSpec(text, "bm25", "")
     if text.startswith("fusion:"):
         fusion = parse_fusion(text.removeprefix("fusion:"))
-        canonical = fusion.text([parse_model_spec(m).text for m in fusion.members])
+        canonical = fusion.text([parse_model_spec(m).label for m in fusion.members])
         return ModelSpec(canonical, "fusion", canonical.removeprefix("fusion:"))
     kind, sep, arg = text.partition(":")
     if sep and kind in ("st", "searchr3", "basellm") and not arg:
@@ -98,6 +112,7 @@ def searchr3_config(spec: ModelSpec, options: ModelOptions) -> SearchR3Settings:
 
 def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
     """The spec's identity: weights revision (a content hash) and every setting that changes its output."""
+    options = with_spec_options(options, spec.options, spec.label)
     if spec.kind == "bm25":
         return ModelIdentity(spec.text, bm25_revision(), bm25_settings())
     if spec.kind == "fusion":
@@ -114,8 +129,8 @@ def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
 
 
 def index_of(spec: ModelSpec, options: ModelOptions) -> str:
-    """The canonical name of the index a spec searches with (dense models: ``--index``; others flat)."""
-    return parse_index(options.index).name if spec.is_dense else "flat"
+    """The canonical name of the index a spec searches with (dense models: ``--index`` or their own; others flat)."""
+    return parse_index(with_spec_options(options, spec.options, spec.label).index).name if spec.is_dense else "flat"
 
 
 def fusion_members(spec: ModelSpec, options: ModelOptions) -> list[tuple[ModelIdentity, str]]:
@@ -126,6 +141,7 @@ def fusion_members(spec: ModelSpec, options: ModelOptions) -> list[tuple[ModelId
 def load_model(spec: ModelSpec, options: ModelOptions, cache: EmbeddingCache | None,
                results_dir: Path | None = None) -> Retriever:
     """The retriever of ``spec``; a fused spec reads its members' rankings from ``results_dir``."""
+    options = with_spec_options(options, spec.options, spec.label)
     device = resolve_device(options.device)
     common = {"batch_size": options.batch_size, "batch_tokens": options.batch_tokens, "cache": cache,
               "show_progress": options.show_progress, "device": device, "index": options.index,

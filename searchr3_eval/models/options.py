@@ -4,7 +4,7 @@ and ``validate`` checks them all the same way before any model loads."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -73,6 +73,54 @@ class ModelOptions:
             raise UserError(f"--memmap-dir {self.memmap_dir} is not a folder")
 
 
+def split_spec_options(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``name[key=value,...]`` -> (name, sorted (key, value) pairs); a text without brackets has none. Keys are
+    ``ModelOptions`` command-line fields (with - or _)."""
+    if not text.endswith("]") or "[" not in text:
+        return text, ()
+    base, _, inner = text[:-1].partition("[")
+    pairs = {}
+    for item in filter(None, (i.strip() for i in inner.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in FLAG_FIELDS:
+            raise UserError(f"model spec {text!r}: {item!r} is not key=value with a key among "
+                            f"{', '.join(sorted(FLAG_FIELDS))}")
+        pairs[key] = value.strip()
+    return base.strip(), tuple(sorted(pairs.items()))
+
+
+def with_spec_options(options: ModelOptions, pairs: tuple[tuple[str, str], ...], label: str) -> ModelOptions:
+    """``options`` with a spec's own options (strings, read as each field's type) in place, validated."""
+    if not pairs:
+        return options
+    hints, values = get_type_hints(ModelOptions), {}
+    for key, text in pairs:
+        kind = hints[key]
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ValueError("true or false")
+                values[key] = text.lower() == "true"
+            elif text.lower() == "none" and type(None) in getattr(kind, "__args__", ()):
+                values[key] = None
+            else:
+                values[key] = field_type(kind)(text)
+        except ValueError as exc:
+            raise UserError(f"model spec {label!r}: {key}={text!r} is not a valid value ({exc})") from exc
+    merged = replace(options, **values)
+    try:
+        merged.validate()
+    except UserError as exc:
+        raise UserError(f"model spec {label!r}: {exc}") from exc
+    return merged
+
+
+def field_type(hint: Any) -> type:
+    """The type a field's value is read as from text: int, float, Path or str."""
+    return next(t for t in (int, float, Path, str) if t == hint or t in getattr(hint, "__args__", ()))
+
+
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -86,8 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if hints[f.name] is bool:
             parser.add_argument(flag_name(f.name), action="store_true", help=f.metadata["help"])
             continue
-        kind = next(t for t in (int, float, Path, str) if t == hints[f.name] or t in getattr(hints[f.name], "__args__", ()))
-        parser.add_argument(flag_name(f.name), type=kind, default=f.default, choices=f.metadata["choices"],
+        parser.add_argument(flag_name(f.name), type=field_type(hints[f.name]), default=f.default, choices=f.metadata["choices"],
                             help=f.metadata["help"])
 
 
@@ -95,3 +142,6 @@ def from_arguments(args: argparse.Namespace, show_progress: bool) -> ModelOption
     """The options the parsed flags of ``add_arguments`` give."""
     return ModelOptions(**{f.name: getattr(args, f.name) for f in fields(ModelOptions) if f.metadata["flag"]},
                         show_progress=show_progress)
+
+
+FLAG_FIELDS = frozenset(f.name for f in fields(ModelOptions) if f.metadata["flag"])
