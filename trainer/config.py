@@ -1,6 +1,7 @@
 """Training configs, read from YAML; unknown keys are an error."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -13,12 +14,35 @@ from searchr3_eval.models.lm.device import resolve_device
 from searchr3_eval.models.lm.prompt_format import resolve_prompts
 
 
+def setting(default: Any, choices: tuple[str, ...] | None = None, at_least: float | None = None,
+            above: float | None = None, below: float | None = None, at_most: float | None = None) -> Any:
+    """A config field with its allowed values beside it (checked by ``from_dict`` before anything loads): one of
+    ``choices``, or a number in the range the bounds give (None is always allowed where the type has it)."""
+    bounds = {"at_least": at_least, "above": above, "below": below, "at_most": at_most}
+    return field(default=default, metadata={"choices": choices, **bounds})
+
+
+def allowed(meta: Mapping[str, Any], value: Any) -> str | None:
+    """What ``value`` must be, by a field's ``setting`` metadata, when it is not; else None."""
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"one of {', '.join(meta['choices'])}"
+    low, high = meta.get("at_least"), meta.get("at_most")
+    above, below = meta.get("above"), meta.get("below")
+    ok = ((low is None or value >= low) and (high is None or value <= high) and (above is None or value > above)
+          and (below is None or value < below))
+    if ok:
+        return None
+    if low is not None and (high is not None or below is not None):
+        return f"in [{low}, {high}]" if high is not None else f"in [{low}, {below})"
+    return f"at least {low}" if low is not None else f"greater than {above}"
+
+
 @dataclass
 class LossWeights:
-    sft: float = 1.0
-    kl: float = 0.1
-    infonce: float = 1.0
-    triplet: float = 1.0
+    sft: float = setting(1.0, at_least=0)
+    kl: float = setting(0.1, at_least=0)
+    infonce: float = setting(1.0, at_least=0)
+    triplet: float = setting(1.0, at_least=0)
 
 
 @dataclass(kw_only=True)
@@ -28,21 +52,27 @@ class RunConfig:
     model: str
     output_dir: str
     lora: bool = False
-    lora_r: int = 8
+    lora_r: int = setting(8, at_least=1)
     lora_alpha: int = 16
-    train_layers: int | None = None  # train only the top N layers; the frozen lower layers' outputs are cached
-    max_length: int = 256
-    save_every: int = 50
+    # train only the top N layers; the frozen lower layers' outputs are cached
+    train_layers: int | None = setting(None, at_least=1)
+    max_length: int = setting(256, at_least=1)
+    save_every: int = setting(50, at_least=1)
     seed: int = 0
-    dtype: str = "float32"  # weights and optimiser state
-    mixed_precision: str = "auto"  # bf16 autocast for forwards: auto (where bf16 is native), bf16 or no
-    attn_implementation: str = "auto"  # auto: eager on CPU (faster there), sdpa on a CUDA GPU
+    dtype: str = setting("float32", choices=("float32", "bfloat16"))  # weights and optimiser state
+    # bf16 autocast for forwards: auto (where bf16 is native), bf16 or no
+    mixed_precision: str = setting("auto", choices=("auto", "bf16", "no"))
+    # auto: eager on CPU (faster there), sdpa on a CUDA GPU
+    attn_implementation: str = setting("auto", choices=("auto", "eager", "sdpa"))
     device: str = "auto"  # auto (a GPU when present), cpu, cuda, cuda:N or mps
     prompts: str | None = None  # prompt preset (searchr3_eval PROMPT_PRESETS); default: the starting adapter's, else paper
-    batch_tokens: int = 4096  # padded tokens per forward chunk (SFT batches, the RL environment's encoding): longest first
-    lr_schedule: str = "constant"  # constant, linear or cosine (decay to 0 over the run), after warmup_steps
-    warmup_steps: int = 0  # the learning rate rises linearly from 0 over these steps
-    max_grad_norm: float | None = None  # clip the gradients' global norm to this (none: no clipping; the norm is logged)
+    # padded tokens per forward chunk (SFT batches, the RL environment's encoding): longest first
+    batch_tokens: int = setting(4096, at_least=1)
+    # constant, linear or cosine (decay to 0 over the run), after warmup_steps
+    lr_schedule: str = setting("constant", choices=("constant", "linear", "cosine"))
+    warmup_steps: int = setting(0, at_least=0)  # the learning rate rises linearly from 0 over these steps
+    # clip the gradients' global norm to this (none: no clipping; the norm is logged)
+    max_grad_norm: float | None = setting(None, above=0)
     # train a query adapter: a new LoRA over the Search-R3 model ``model`` that only queries use; documents are the
     # evaluation's embeddings of ``model``, computed once (and cached) and never refreshed (trainer.frozen_index)
     query_adapter: bool = False
@@ -56,17 +86,19 @@ class SFTConfig(RunConfig):
     beir_dir: str | None = None  # or mine triples from a BEIR folder's qrels with BM25
     beir_split: str = "train"
     num_negatives: int = 1
-    max_query_length: int | None = None  # per-role caps (tokens of the whole sequence); default max_length
-    max_document_length: int | None = None
+    # per-role caps (tokens of the whole sequence); default max_length
+    max_query_length: int | None = setting(None, at_least=1)
+    max_document_length: int | None = setting(None, at_least=1)
     weights: LossWeights = field(default_factory=LossWeights)
-    temperature: float = 0.05
-    margin: float = 0.2
-    learning_rate: float = 2e-5
-    batch_size: int = 8
-    grad_accum: int = 1
-    epochs: int = 1
-    max_steps: int | None = None
-    eval_every: int | None = None  # held-out InfoNCE every N steps (and at the end); final = the best
+    temperature: float = setting(0.05, above=0)
+    margin: float = setting(0.2, at_least=0)
+    learning_rate: float = setting(2e-5, above=0)
+    batch_size: int = setting(8, at_least=1)
+    grad_accum: int = setting(1, at_least=1)
+    epochs: int = setting(1, at_least=1)
+    max_steps: int | None = setting(None, at_least=1)
+    # held-out InfoNCE every N steps (and at the end); final = the best
+    eval_every: int | None = setting(None, at_least=1)
     # also train each query that has an analysis in reasoning format (analysis, the direct phrase, the embed token);
     # the language-model loss then covers only those answers, since a direct answer is never generated
     reasoning: bool = False
@@ -87,9 +119,12 @@ class DataConfig:
     pair_files: list[str] = field(default_factory=list)  # jsonl {"query", "positive", "negatives"?, "split"?}
     keep_splits: list[str] = field(default_factory=lambda: ["TRAIN"])  # rows with a "split" field: which to keep
     num_negatives: int = 1
-    max_positives: int | None = None  # BEIR sources: at most this many judged positives of each query (sampled)
-    case_fraction: float = 0.0  # add upper-cased copies of this fraction of the training triples (trainer.data.case_variants)
-    heldout_fraction: float = 0.1  # of each source's distinct queries, for model selection
+    # BEIR sources: at most this many judged positives of each query (sampled)
+    max_positives: int | None = setting(None, at_least=1)
+    # add upper-cased copies of this fraction of the training triples (trainer.data.case_variants)
+    case_fraction: float = setting(0.0, at_least=0, at_most=1)
+    # of each source's distinct queries, for model selection
+    heldout_fraction: float = setting(0.1, at_least=0, below=1)
     seed: int = 0
 
 
@@ -98,52 +133,39 @@ class RLConfig(RunConfig):
     train_file: str | None = None  # jsonl triples; queries are the prompts, positives and negatives the corpus
     beir_dir: str | None = None  # or a BEIR folder: its beir_split qrels give the queries, its whole corpus the index
     beir_split: str = "train"
-    max_document_length: int | None = None  # cap on the environment's document sequences
-    group_size: int = 4
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    clip_eps: float = 0.2
-    kl_beta: float = 0.02
+    max_document_length: int | None = setting(None, at_least=1)  # cap on the environment's document sequences
+    group_size: int = setting(4, at_least=1)
+    max_new_tokens: int = setting(32, at_least=1)
+    temperature: float = setting(1.0, above=0)
+    clip_eps: float = setting(0.2, above=0)
+    kl_beta: float = setting(0.02, at_least=0)
     format_reward: float = 0.5
-    bare_penalty: float = 0.0  # taken from the reward of an answer that writes no analysis (``rl.is_bare``)
-    ppo_epochs: int = 1
-    learning_rate: float = 1e-5
-    batch_size: int = 4
-    steps: int = 20
-    top_k: int = 10
-    refresh_every: int = 10  # the whole corpus is re-encoded across this many steps
-    rank_band: float = 0.0  # also re-encode, before a reward, the documents scoring this close to the positive
-    drift_band: float = 0.0  # or that many times the largest score drift measured on the round-robin slice (per query)
+    # taken from the reward of an answer that writes no analysis (``rl.is_bare``)
+    bare_penalty: float = setting(0.0, at_least=0)
+    ppo_epochs: int = setting(1, at_least=1)
+    learning_rate: float = setting(1e-5, above=0)
+    batch_size: int = setting(4, at_least=1)
+    steps: int = setting(20, at_least=1)
+    top_k: int = setting(10, at_least=1)
+    refresh_every: int = setting(10, at_least=1)  # the whole corpus is re-encoded across this many steps
+    # also re-encode, before a reward, the documents scoring this close to the positive
+    rank_band: float = setting(0.0, at_least=0)
+    # or that many times the largest score drift measured on the round-robin slice (per query)
+    drift_band: float = setting(0.0, at_least=0)
     audit_every: int = 0  # every this many steps, compare the ranks rewarded with a freshly encoded index's (0: never)
     audit_queries: int = 0  # at the end, compare the maintained index with a fresh one on this many train queries
-    audit_noise: float = 0.0  # the audits also count a rank as agreeing within the fresh ranks at scores +- this
-    heldout_fraction: float = 0.0  # of the distinct train queries, never trained on: their greedy MRR picks final
-    eval_every: int | None = None  # the held-out MRR every N steps (and at step 0 and the end)
+    # the audits also count a rank as agreeing within the fresh ranks at scores +- this
+    audit_noise: float = setting(0.0, at_least=0)
+    # of the distinct train queries, never trained on: their greedy MRR picks final
+    heldout_fraction: float = setting(0.0, at_least=0, below=1)
+    eval_every: int | None = setting(None, at_least=1)  # the held-out MRR every N steps (and at step 0 and the end)
     # InfoNCE of each rollout's embedding against the whole index, beside the policy gradient: the embedding learns to
     # read the analyses the policy writes (0: the policy gradient alone)
-    embedding_weight: float = 0.0
-    embedding_temperature: float = 0.05  # that InfoNCE's temperature
+    embedding_weight: float = setting(0.0, at_least=0)
+    embedding_temperature: float = setting(0.05, above=0)  # that InfoNCE's temperature
 
 
 T = TypeVar("T")
-CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "attn_implementation": ("auto", "eager", "sdpa"),
-           "dtype": ("float32", "bfloat16"), "lr_schedule": ("constant", "linear", "cosine")}
-POSITIVE = {"max_query_length", "max_document_length", "batch_size", "grad_accum", "epochs", "max_steps", "group_size", "steps", "max_length", "save_every",
-            "refresh_every", "top_k", "lora_r", "train_layers", "eval_every", "batch_tokens", "max_new_tokens", "ppo_epochs",
-            "max_positives"}
-# value ranges checked before anything loads: (test, what the message says it must be)
-RANGES = {
-    **dict.fromkeys(("learning_rate", "temperature", "clip_eps", "max_grad_norm", "embedding_temperature"),
-                    (lambda v: v > 0, "greater than 0")),
-    "warmup_steps": (lambda v: v >= 0, "at least 0"),
-    **dict.fromkeys(("margin", "kl_beta", "rank_band", "drift_band", "audit_noise", "sft", "kl", "infonce", "triplet",
-                     "embedding_weight", "bare_penalty"),
-                    (lambda v: v >= 0, "at least 0")),
-    "heldout_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "case_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-}
-
-
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """``value`` as the field's type, or a ``UserError`` naming the key. YAML reads ``1e-4`` as a string, so a
     string that parses as a number is accepted for a float field."""
@@ -182,20 +204,14 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise UserError(f"unknown {cls.__name__} keys: {', '.join(prefix + k for k in unknown)}")
     hints = get_type_hints(cls)
     values = {key: _coerce(prefix + key, value, hints[key]) for key, value in data.items()}
-    for key in CHOICES.keys() & set(values):
-        if values[key] not in CHOICES[key]:
-            raise UserError(f"{prefix}{key} must be one of {', '.join(CHOICES[key])}, not {values[key]!r}")
+    declared = {f.name: f.metadata for f in fields(cls)}
+    for key, value in values.items():
+        if value is not None and not isinstance(value, LossWeights) and (need := allowed(declared[key], value)):
+            raise UserError(f"{prefix}{key} must be {need}, not {value!r}")
     if "device" in values:
         resolve_device(values["device"])
     if values.get("prompts") is not None:
         resolve_prompts(values["prompts"])
-    for key in POSITIVE & set(values):
-        if values[key] is not None and values[key] < 1:
-            raise UserError(f"{prefix}{key} must be at least 1, not {values[key]}")
-    for key in RANGES.keys() & set(values):
-        test, allowed = RANGES[key]
-        if values[key] is not None and not test(values[key]):
-            raise UserError(f"{prefix}{key} must be {allowed}, not {values[key]}")
     try:
         return cls(**values)
     except TypeError as exc:
