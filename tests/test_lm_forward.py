@@ -8,10 +8,10 @@ torch = pytest.importorskip("torch")
 from transformers import AttentionInterface, AttentionMaskInterface  # noqa: E402
 from transformers.masking_utils import sdpa_mask  # noqa: E402
 
-from conftest import make_tiny_chat_model  # noqa: E402
 from searchr3_eval.models.lm.forward import (  # noqa: E402
     left_pad, lower_hidden_states, padded_forward, position_ids, upper_forward,
 )
+from tests.conftest import make_tiny_chat_model  # noqa: E402
 
 SEQUENCES = [[5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7], [9, 8, 7, 6, 5]]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -16,7 +17,9 @@ from searchr3_eval.data import Kind, RetrievalTask
 from searchr3_eval.metrics import Run
 from searchr3_eval.models.beir_methods import BEIRMethods
 from searchr3_eval.models.corpus_search import search_corpus
-from searchr3_eval.models.encoding import Allocate, Batching, EncodeStats, encode_texts
+from searchr3_eval.models.encoding import (
+    Allocate, Batching, EncodeStats, auto_batch_tokens, encode_texts, transformer_bytes_per_token,
+)
 from searchr3_eval.retrieval import parse_index
 
 
@@ -42,7 +45,8 @@ class DenseEncoder(BEIRMethods, ABC):
     revision: str
 
     def __init__(self, batch_size: int = 256, cache: EmbeddingCache | None = None, show_progress: bool = True,
-                 batch_tokens: int = 4096, device: str = "cpu", index: str = "flat", memmap_dir: Path | None = None):
+                 batch_tokens: int | str = "auto", device: str = "cpu", index: str = "flat",
+                 memmap_dir: Path | None = None):
         self.batch_size, self.batch_tokens, self.device = batch_size, batch_tokens, device
         self.index, self.memmap_dir = parse_index(index), memmap_dir
         self.generation_seconds = 0.0  # encoders that write reasoning add their generation time here
@@ -72,11 +76,26 @@ class DenseEncoder(BEIRMethods, ABC):
         """Each text's length in tokens of this model (batches are planned with it); subclasses count exactly."""
         return [max(1, len(t) // 4) for t in texts]
 
+    @cached_property
+    def token_budget(self) -> int:
+        """Padded tokens a batch may hold: ``batch_tokens``, or for ``auto`` sized for the device
+        (``encoding.auto_batch_tokens``) from ``bytes_per_token``."""
+        if self.batch_tokens != "auto":
+            return int(self.batch_tokens)
+        return auto_batch_tokens(self.device, self.bytes_per_token())
+
+    def bytes_per_token(self) -> int:
+        """Memory one token of a batch takes on the device (0: unknown, the CPU budget is used)."""
+        model = getattr(self, "model", None)
+        config = getattr(model, "config", None)
+        dtype = getattr(model, "dtype", None)
+        return transformer_bytes_per_token(config, dtype.itemsize) if config is not None and dtype is not None else 0
+
     def encode(self, texts: list[str], kind: Kind, batch_size: int | None = None,
                allocate: Allocate | None = None) -> np.ndarray:
         """Embed ``texts`` (``encoding.encode_texts``: cached texts are not re-encoded, the rest go longest first in
         batches of at most ``batch_size`` texts and ``batch_tokens`` padded tokens); ``last_stats`` says what it did."""
-        batching = Batching(batch_size or self.batch_size, self.batch_tokens)
+        batching = Batching(batch_size or self.batch_size, self.token_budget)
         vectors, self.last_stats = encode_texts(self, texts, kind, batching, self.cache, self.show_progress, allocate)
         return vectors
 

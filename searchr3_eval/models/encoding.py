@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -32,6 +32,33 @@ class Embedder(Protocol):
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, list[str] | None]: ...
 
     def text_lengths(self, texts: list[str], kind: Kind) -> list[int]: ...
+
+
+AUTO_CPU_TOKENS = 4096  # the CPU's budget for --batch-tokens auto (benchmarks/bench_encoders.py)
+AUTO_MAX_TOKENS = 262_144
+AUTO_MEMORY_SHARE = 0.25  # of the GPU's free memory, for one batch's activations and KV cache
+
+
+def auto_batch_tokens(device: str, bytes_per_token: int, free_bytes: int | None = None) -> int:
+    """``--batch-tokens auto``: ``AUTO_CPU_TOKENS`` off CUDA; on a CUDA GPU, as many tokens as a share of its free
+    memory (``free_bytes``, default measured now) holds at ``bytes_per_token``, within [4096, 262144]."""
+    if not device.startswith("cuda") or bytes_per_token <= 0:
+        return AUTO_CPU_TOKENS
+    if free_bytes is None:
+        import torch  # only where a CUDA device is named
+
+        free_bytes = torch.cuda.mem_get_info(torch.device(device))[0]
+    return int(min(AUTO_MAX_TOKENS, max(AUTO_CPU_TOKENS, free_bytes * AUTO_MEMORY_SHARE // bytes_per_token)))
+
+
+def transformer_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """Memory one token takes in a decoder or encoder forward (a Hugging Face ``config``): a layer's activations
+    (hidden states, attention projections and the MLP's intermediate) and the keys and values of every layer (what
+    generation keeps); 0 when the config does not say."""
+    hidden, intermediate = getattr(config, "hidden_size", 0), getattr(config, "intermediate_size", 0)
+    layers, heads = getattr(config, "num_hidden_layers", 0), getattr(config, "num_attention_heads", 0) or 1
+    kv_dim = getattr(config, "num_key_value_heads", heads) * getattr(config, "head_dim", hidden // heads)
+    return dtype_bytes * (4 * hidden + 2 * intermediate + 2 * layers * kv_dim)
 
 
 @dataclass(frozen=True)

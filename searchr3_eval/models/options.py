@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, get_type_hints
 
 from searchr3_eval.errors import UserError
+from searchr3_eval.models.encoding import AUTO_CPU_TOKENS
 from searchr3_eval.models.lm.device import DTYPE_CHOICES, resolve_device
 from searchr3_eval.models.lm.prompt_format import PROMPT_PRESETS
 from searchr3_eval.retrieval import parse_index
@@ -30,7 +32,9 @@ class ModelOptions:
     """Encoder options, with their defaults (the CLI's flags and defaults come from here)."""
 
     batch_size: int = option(256, "texts per batch at most", at_least=1)
-    batch_tokens: int = option(4096, "padded tokens per batch at most (texts are batched longest first)", at_least=1)
+    batch_tokens: int | str = option("auto", "padded tokens per batch at most (texts are batched longest first); auto: "
+                                             f"{AUTO_CPU_TOKENS} on a CPU, sized from free memory on a CUDA GPU",
+                                     at_least=1)
     reasoning: str = option("off", "Search-R3 reasoning: off, on (queries reason), all (queries and documents)",
                             REASONING_CHOICES)
     max_length: int = option(512, "tokens of a text's whole sequence at most (longer texts are cut)", at_least=1)
@@ -60,6 +64,10 @@ class ModelOptions:
         """A ``UserError`` naming the flag for the first value out of its declared range."""
         for f in fields(self):
             value, meta, flag = getattr(self, f.name), f.metadata, flag_name(f.name)
+            if f.name == "batch_tokens" and value != "auto" and not isinstance(value, int):
+                raise UserError(f"{flag} must be auto or a number of tokens, not {value!r}")
+            if isinstance(value, str) and meta["at_least"] is not None:  # "auto"
+                continue
             if meta["choices"] and value is not None and value not in meta["choices"]:
                 raise UserError(f"{flag} must be {', '.join(meta['choices'][:-1])} or {meta['choices'][-1]}, "
                                 f"not {value!r}")
@@ -106,7 +114,7 @@ def with_spec_options(options: ModelOptions, pairs: tuple[tuple[str, str], ...],
                 values[key] = None
             else:
                 values[key] = field_type(kind)(text)
-        except ValueError as exc:
+        except (ValueError, argparse.ArgumentTypeError) as exc:
             raise UserError(f"model spec {label!r}: {key}={text!r} is not a valid value ({exc})") from exc
     merged = replace(options, **values)
     try:
@@ -116,9 +124,20 @@ def with_spec_options(options: ModelOptions, pairs: tuple[tuple[str, str], ...],
     return merged
 
 
-def field_type(hint: Any) -> type:
-    """The type a field's value is read as from text: int, float, Path or str."""
+def field_type(hint: Any) -> Callable[[str], Any]:
+    """How a field's value is read from text: int, float, Path or str (int or "auto" where both are allowed)."""
+    if {int, str} <= set(getattr(hint, "__args__", ())):
+        return int_or_auto
     return next(t for t in (int, float, Path, str) if t == hint or t in getattr(hint, "__args__", ()))
+
+
+def int_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"auto or a whole number, not {text!r}") from None
 
 
 def flag_name(name: str) -> str:

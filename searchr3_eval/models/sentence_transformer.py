@@ -14,6 +14,7 @@ import numpy as np
 from searchr3_eval.errors import UserError
 from searchr3_eval.data import Kind
 from searchr3_eval.models.base import DenseEncoder
+from searchr3_eval.models.encoding import transformer_bytes_per_token
 from searchr3_eval.fingerprint import fingerprint
 from searchr3_eval.results import MINILM, MINILM_ALIASES
 
@@ -58,6 +59,13 @@ class SentenceTransformerEncoder(DenseEncoder):
     @property
     def settings(self) -> dict[str, Any]:
         return st_settings(self.prompts["query"], self.prompts["document"])
+
+    def bytes_per_token(self) -> int:
+        """From the transformer module's config (``DenseEncoder.bytes_per_token``)."""
+        transformer = getattr(self.model[0], "auto_model", None)
+        if transformer is None:
+            return 0
+        return transformer_bytes_per_token(transformer.config, next(transformer.parameters()).dtype.itemsize)
 
     def text_lengths(self, texts: list[str], kind: Kind) -> list[int]:
         limit = self.model.max_seq_length or 512
