@@ -36,7 +36,8 @@ def search_corpus(encoder: CorpusEncoder, task: RetrievalTask, top_k: int) -> tu
     the run and what it did (timings, cache use), for the result file. Under ``torchrun`` every rank encodes its
     share and rank 0 searches (the others return an empty run)."""
     doc_ids, query_ids = list(task.corpus), list(task.queries)
-    with tempfile.TemporaryDirectory(dir=encoder.memmap_dir, prefix="corpus-") if encoder.memmap_dir else nullcontext() as tmp:
+    folder = tempfile.TemporaryDirectory(dir=encoder.memmap_dir, prefix="corpus-") if encoder.memmap_dir else nullcontext()
+    with folder as tmp:
         allocate = None if tmp is None else partial(memory_mapped, Path(tmp) / "embeddings.npy")
         doc_emb = encoder.encode([document_text(task.corpus[d]) for d in doc_ids], "document", allocate=allocate)
         docs = encoder.last_stats

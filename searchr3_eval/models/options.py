@@ -153,8 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if hints[f.name] is bool:
             parser.add_argument(flag_name(f.name), action="store_true", help=f.metadata["help"])
             continue
-        parser.add_argument(flag_name(f.name), type=field_type(hints[f.name]), default=f.default, choices=f.metadata["choices"],
-                            help=f.metadata["help"])
+        parser.add_argument(flag_name(f.name), type=field_type(hints[f.name]), default=f.default,
+                            choices=f.metadata["choices"], help=f.metadata["help"])
 
 
 def from_arguments(args: argparse.Namespace, show_progress: bool) -> ModelOptions:
