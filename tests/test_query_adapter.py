@@ -5,16 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from searchr3_eval.cache import EmbeddingCache, cache_file
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models import ModelOptions, describe, load_model, parse_model_spec
-from searchr3_eval.models.lm.locate import document_model_of
-from searchr3_eval.models.lm.locate import llm_revision
+from searchr3_eval.models.lm.locate import document_model_of, llm_revision
 from searchr3_eval.models.lm.prompt_format import add_embed_token
 from trainer.config import LossWeights, RLConfig, SFTConfig
 from trainer.data import Triple, write_triples
+from trainer.export import export_checkpoint
 from trainer.frozen_index import document_embeddings
 from trainer.modeling import Policy
 from trainer.rl import train_rl
@@ -139,6 +141,11 @@ def test_query_side_grpo_never_refreshes_its_index_and_keeps_the_best_heldout_po
     assert [int(r["step"]) for r in held] == [0, 1, 2, 3]
     assert all(0 < float(r["heldout_mrr"]) <= 1 for r in held)
     assert document_model_of(tmp_path / "rl" / "final") == str(document_model)
+    # the last step's policy is kept beside the best held-out one, and is what exporting the checkpoint gives
+    exported = tmp_path / "exported"
+    assert export_checkpoint(cfg, exported) == 3 and document_model_of(exported) == str(document_model)
+    last, again = (load_file(str(folder / "adapter_model.safetensors")) for folder in (tmp_path / "rl" / "last", exported))
+    assert last.keys() == again.keys() and all(torch.equal(last[k], again[k]) for k in last)
 
     # the index rewarded is the document model's documents as the evaluation embeds them (served by the cache now)
     task = load_beir_folder(data_dir / "MiniGSM")

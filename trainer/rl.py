@@ -423,8 +423,8 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
             selection.evaluate(step + 1)
     audited = cfg.audit_queries or trainer.reward_audits
     audit = trainer.audit_index(steps, cfg.audit_queries) if audited else None  # every process encodes
-    if selection is None:
-        trainer.policy.save(out / "final")
+    # final: the best held-out policy (with a held-out split), else the last; last: the policy at the last step
+    trainer.policy.save(out / ("final" if selection is None else "last"))
     if main:
         plot_log(log, out / "rl_plot.png")
         if audit:

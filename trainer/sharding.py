@@ -98,3 +98,10 @@ def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
         return
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
                    options=StateDictOptions(full_state_dict=True))
+
+
+def load_model_state(model: torch.nn.Module, model_state: dict) -> None:
+    """Load the model part of what ``full_training_state`` returned (no optimiser: exporting a checkpoint)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
