@@ -13,16 +13,15 @@ from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write, atomic_write_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.encoding import plan_batches
-from searchr3_eval.models.lm.load import load_adapter
-from searchr3_eval.models.lm.locate import document_model_of, is_adapter, packaged_name, read_manifest, shipped_model
-from searchr3_eval.models.lm.save import save_adapter
 from searchr3_eval.models.lm.device import check_bf16_on, cpu_has_native_bf16, resolve_device
 from searchr3_eval.models.lm.forward import left_pad, lower_hidden_states, padded_forward, upper_forward
-from searchr3_eval.models.lm.load import load_causal_lm
+from searchr3_eval.models.lm.generate import stop_token_ids
+from searchr3_eval.models.lm.load import load_adapter, load_causal_lm
+from searchr3_eval.models.lm.locate import document_model_of, is_adapter, packaged_name, read_manifest, shipped_model
 from searchr3_eval.models.lm.prompt_format import (
     EMBED_TOKEN, PromptFormat, add_embed_token, embed_token_id, resolve_prompts, trained_preset,
 )
-from searchr3_eval.models.lm.generate import stop_token_ids
+from searchr3_eval.models.lm.save import save_adapter
 from trainer import collectives, sharding
 from trainer.config import RunConfig
 

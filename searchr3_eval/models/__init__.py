@@ -20,8 +20,8 @@ from searchr3_eval.models.base_llm import LastTokenEncoder
 from searchr3_eval.models.bm25 import BM25Retriever, bm25_revision, bm25_settings
 from searchr3_eval.models.lm.device import resolve_device, resolve_dtype
 from searchr3_eval.models.lm.locate import llm_revision
-from searchr3_eval.models.options import ModelOptions, split_spec_options, with_spec_options
 from searchr3_eval.models.lm.prompt_format import resolve_prompts, trained_preset
+from searchr3_eval.models.options import ModelOptions, split_spec_options, with_spec_options
 from searchr3_eval.models.searchr3 import SearchR3Encoder, SearchR3Settings
 from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder, model_revision, st_settings
 from searchr3_eval.fusion import FusionRetriever, FusionSpec, parse_fusion, split_top_level

@@ -25,6 +25,7 @@ from searchr3_eval.models.lm.prompt_format import (
     DEFAULT_PRESET, PROMPT_PRESETS, PromptFormat, Prompts, add_embed_token, embed_token_id, resolve_prompts,
     trained_preset,
 )
+from searchr3_eval.models.options import REASONING_CHOICES
 
 Reasoning = Literal["off", "on", "all"]  # on: queries reason, documents direct; all: both reason
 ANALYSIS_END = "stop at the embed token, end of turn or the direct phrase"  # how generation ends (cache key)
@@ -48,7 +49,7 @@ class SearchR3Settings:
     reasoning_temperature: float = 0.8
 
     def __post_init__(self) -> None:
-        if self.reasoning not in ("off", "on", "all"):
+        if self.reasoning not in REASONING_CHOICES:
             raise UserError(f"--reasoning must be off, on or all, not {self.reasoning!r}")
 
     def identity(self) -> dict:
