@@ -19,7 +19,7 @@ from trainer.data import Triple, write_triples
 from trainer.export import export_checkpoint
 from trainer.frozen_index import document_embeddings
 from trainer.modeling import Policy
-from trainer.rl import train_rl
+from trainer.rl import beir_training_set, heldout_rows, train_rl
 from trainer.sft import train_sft
 from tests.conftest import make_tiny_chat_model
 from tests.test_trainer import WORDS
@@ -137,9 +137,9 @@ def test_query_side_grpo_never_refreshes_its_index_and_keeps_the_best_heldout_po
         steps = list(csv.DictReader(handle))
     assert len(steps) == 3 and all(int(s["refreshed_docs"]) == 0 for s in steps)
     with open(tmp_path / "rl" / "heldout_log.csv") as handle:
-        held = list(csv.DictReader(handle))
-    assert [int(r["step"]) for r in held] == [0, 1, 2, 3]
-    assert all(0 < float(r["heldout_mrr"]) <= 1 for r in held)
+        held_log = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in held_log] == [0, 1, 2, 3]
+    assert all(0 < float(r["heldout_mrr"]) <= 1 and 0 < float(r["heldout_direct_mrr"]) <= 1 for r in held_log)
     assert document_model_of(tmp_path / "rl" / "final") == str(document_model)
     # the last step's policy is kept beside the best held-out one, and is what exporting the checkpoint gives
     exported = tmp_path / "exported"
@@ -153,10 +153,19 @@ def test_query_side_grpo_never_refreshes_its_index_and_keeps_the_best_heldout_po
     vectors, _ = document_embeddings(str(document_model), texts, str(tmp_path / "cache"), show_progress=False)
     plain = load_model(parse_model_spec(f"searchr3:{document_model}"), ModelOptions(show_progress=False), None)
     np.testing.assert_array_equal(vectors, plain.encode(texts, "document"))
+    # the held-out direct MRR at step 0 is the warm start's direct queries as the evaluation embeds them
+    triples, corpus = beir_training_set(data_dir / "MiniGSM", "test")
+    held = heldout_rows(triples, cfg.heldout_fraction, cfg.seed)[1]
+    queries = load_model(parse_model_spec(f"searchr3:{warm}"), ModelOptions(show_progress=False), None).encode(
+        [triples[i].query for i in held], "query")
+    scores = queries @ vectors.T
+    rows = [list(task.corpus).index(corpus.positive_ids[i]) for i in held]
+    ranks = [1 + int((scores[n] > scores[n, row]).sum()) for n, row in enumerate(rows)]
+    assert float(held_log[0]["heldout_direct_mrr"]) == pytest.approx(np.mean(1.0 / np.array(ranks)), abs=1e-6)
 
 
 def test_the_shipped_query_configs_hold_out_the_same_train_claims_in_both_stages(shared_beir, tmp_path):
-    """The GRPO stage selects on the claims the warm start held out, so neither stage trains on them."""
+    """The GRPO stages select on the claims the warm start held out, so no stage trains on them."""
     from dataclasses import replace
 
     from trainer.config import DataConfig, load_config
@@ -178,6 +187,11 @@ def test_the_shipped_query_configs_hold_out_the_same_train_claims_in_both_stages
     held = {t.query for t in load_triples(tmp_path / "data" / "heldout.jsonl")}
     assert held == {triples[i].query for i in held_rows} and len(held) > 50
     assert not held & {triples[i].query for i in train_rows}
+    # the mixed-reward run continues the shipped warm start on the same claims, selecting on the same held-out ones
+    mix = load_config(root / "trainer/configs/query_rl_mix_smollm2.yaml", RLConfig)
+    assert mix.model == "smollm2-sft-query" and mix.reasoning_direct_weight > 0
+    assert (mix.beir_dir, mix.beir_split, mix.heldout_fraction, mix.seed) == \
+        (grpo.beir_dir, grpo.beir_split, grpo.heldout_fraction, grpo.seed)
 
 
 def test_an_analysis_that_writes_only_a_lead_and_the_direct_phrase_is_bare():

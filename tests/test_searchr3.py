@@ -131,6 +131,32 @@ def test_several_sampled_analyses_give_the_normalised_mean_of_their_embeddings(t
         ModelOptions(reasoning_samples=0).validate()
 
 
+def test_a_direct_share_mixes_the_direct_embedding_into_the_reasoning_one(tiny_model_dir, tmp_path):
+    from searchr3_eval.models import ModelOptions, describe, parse_model_specs
+    from searchr3_eval.models.base import l2_normalize
+
+    def encoder(**settings):
+        return SearchR3Encoder.from_pretrained(str(tiny_model_dir), add_token=True, max_new_tokens=6, show_progress=False,
+                                               cache=EmbeddingCache(tmp_path / "cache.sqlite"), **settings)
+
+    direct = encoder().encode(TEXTS[:3], "query")
+    reasoned = encoder(reasoning="on").encode(TEXTS[:3], "query")
+    half = encoder(reasoning="on", reasoning_direct_weight=0.5)
+    np.testing.assert_allclose(half.encode(TEXTS[:3], "query"), l2_normalize(reasoned + direct), atol=1e-5)
+    assert half.settings["reasoning_direct_weight"] == 0.5
+    np.testing.assert_allclose(encoder(reasoning="on", reasoning_direct_weight=1.0).encode(TEXTS[:3], "query"), direct,
+                               atol=1e-5)
+    np.testing.assert_array_equal(half.encode(TEXTS[:2], "document"), encoder().encode(TEXTS[:2], "document"))
+    (spec,) = parse_model_specs(f"searchr3:{tiny_model_dir}")
+    on = describe(spec, ModelOptions(reasoning="on", add_embed_token=True))
+    assert "reasoning_direct_weight" not in on.settings  # no share: the identity of every earlier reasoning result
+    assert describe(spec, ModelOptions(reasoning="on", add_embed_token=True, reasoning_direct_weight=0.5)) != on
+    assert describe(spec, ModelOptions(add_embed_token=True, reasoning_direct_weight=0.5)) == \
+        describe(spec, ModelOptions(add_embed_token=True))  # nothing reasons: no share
+    with pytest.raises(UserError, match="--reasoning-direct-weight must be at most 1"):
+        ModelOptions(reasoning_direct_weight=1.5).validate()
+
+
 def test_an_analysis_ends_at_the_embed_token_the_end_of_turn_or_the_direct_phrase(encoder):
     """The trained answer is "<analysis>. The embedding is <|embed_token|>": once the model has written the phrase
     only the token may follow, so the analysis ends there (a model that never writes the token would otherwise run on

@@ -287,6 +287,24 @@ def test_bare_penalty_is_taken_only_from_answers_without_an_analysis(tiny_model_
     np.testing.assert_allclose(reciprocal - rewards, [0.3, 0.3, 0.0, 0.0])
 
 
+def test_a_direct_share_rewards_the_mix_of_each_rollout_with_its_querys_direct_embedding(tiny_model_dir, tmp_path):
+    from searchr3_eval.models.base import l2_normalize
+
+    triples = keyword_triples(2, 8)
+    cfg = RLConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "rl"), group_size=2, max_new_tokens=8,
+                   max_length=200, kl_beta=0.0, mixed_precision="no", reasoning_direct_weight=0.25, embedding_weight=1.0)
+    trainer = RetrievalGRPO(cfg, triples)
+    queries = [t.query for t in triples[:2]]
+    rollouts = trainer.rollout(queries, cfg.group_size, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reasoned = trainer.policy.forward(rollouts.sequences, keep_lower=False).embeddings.numpy()
+        direct = np.repeat(trainer.policy.embed(queries, "query").numpy(), cfg.group_size, axis=0)
+    np.testing.assert_allclose(rollouts.embeddings, l2_normalize(0.75 * reasoned + 0.25 * direct), atol=1e-5)
+    positives = [p for p in trainer.positive_ids[:2] for _ in range(cfg.group_size)]
+    np.testing.assert_array_equal(trainer.rewards(rollouts, positives)[1], 1.0 / trainer.env.ranks(rollouts.embeddings, positives))
+    assert np.isfinite(trainer.update(rollouts, np.array([1.0, 0.0, 0.5, 0.25]), positives)["loss"])
+
+
 def test_grpo_update_favours_the_rollouts_that_rank_the_positive_higher(tiny_model_dir, tmp_path):
     """With the format reward off the reward is the positive's reciprocal rank alone; one GRPO update must raise the
     log-probability of the rollouts whose embeddings ranked the positive above their group's mean, and lower the rest.

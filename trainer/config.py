@@ -163,6 +163,9 @@ class RLConfig(RunConfig):
     # read the analyses the policy writes (0: the policy gradient alone)
     embedding_weight: float = setting(0.0, at_least=0)
     embedding_temperature: float = setting(0.05, above=0)  # that InfoNCE's temperature
+    # the direct embedding's share of the rewarded embedding, as the evaluation's --reasoning-direct-weight mixes it
+    # (0: the embedding after the analysis alone)
+    reasoning_direct_weight: float = setting(0.0, at_least=0, at_most=1)
 
 
 T = TypeVar("T")

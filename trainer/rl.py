@@ -1,6 +1,7 @@
 """GRPO-style RL: sample G reasoning rollouts per query, reward their embeddings' retrieval quality.
 
-reward = 1 / rank(positive) + format_reward * [the answer ended as trained: the embed token, or the direct phrase that
+reward = 1 / rank(positive) (of the rollout's embedding, mixed with its query's direct one by
+``reasoning_direct_weight``) + format_reward * [the answer ended as trained: the embed token, or the direct phrase that
 only the token may follow] - bare_penalty * [the answer writes no analysis];
 advantages are normalised within each query's group; the loss is the clipped policy-gradient objective
 plus ``kl_beta`` * KL to the reference model (k3 estimator), over the generated tokens.
@@ -22,6 +23,7 @@ from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.lm.forward import left_pad
 from searchr3_eval.models.lm.generate import analysis_length, direct_phrase, generation_stops
+from searchr3_eval.models.searchr3 import mix_direct
 from trainer import collectives, sharding
 from trainer.config import RLConfig
 from trainer.data import Triple, load_triples
@@ -49,6 +51,7 @@ class Rollouts:
     embeddings: np.ndarray
     sequences: list[list[int]]  # what each embedding is read from: prompt, analysis, the embed token
     generation_seconds: float = 0.0
+    direct: np.ndarray | None = None  # each rollout's query embedded directly, where the embeddings mix it in
 
 
 def is_bare(analysis: str, phrase: str) -> bool:
@@ -178,18 +181,29 @@ class RetrievalGRPO:
             emitted.append(ended)
             sequences.append(prompt + row[:n] + [self.policy.embed_id])
         embeddings = self.policy.forward(sequences, keep_lower=False).embeddings.float().cpu().numpy()
-        return Rollouts(prompts, actions, emitted, embeddings, sequences, generation_seconds)
+        direct, weight = None, self.cfg.reasoning_direct_weight
+        if weight > 0:  # the evaluation's reasoning embedding with --reasoning-direct-weight
+            direct = self.policy.embed(queries, "query", batch_tokens=self.cfg.batch_tokens).float().cpu().numpy()
+            direct = np.repeat(direct, group_size, axis=0)
+            embeddings = mix_direct(embeddings, direct, weight)
+        return Rollouts(prompts, actions, emitted, embeddings, sequences, generation_seconds, direct)
 
     def heldout_mrr(self, rows: list[int], batch_size: int = 16) -> dict:
         """Mean reciprocal rank of the positive for the greedy analyses of the triples at ``rows`` (as the evaluation
-        writes them), and the share of those analyses that say nothing (``is_bare``)."""
-        reciprocal, bare = [], 0
+        writes them), the share of those analyses that say nothing (``is_bare``), and the mean reciprocal rank of the
+        same queries embedded directly (reasoning off)."""
+        reciprocal, direct, bare = [], [], 0
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            rollouts = self.rollout([self.triples[i].query for i in chunk], 1, greedy=True)
-            reciprocal += list(1.0 / self.env.ranks(rollouts.embeddings, [self.positive_ids[i] for i in chunk]))
+            queries, positives = [self.triples[i].query for i in chunk], [self.positive_ids[i] for i in chunk]
+            rollouts = self.rollout(queries, 1, greedy=True)
+            reciprocal += list(1.0 / self.env.ranks(rollouts.embeddings, positives))
             bare += int(self.bare_answers(rollouts).sum())
-        return {"heldout_mrr": float(np.mean(reciprocal)), "heldout_bare_share": bare / len(rows)}
+            embedded = rollouts.direct if rollouts.direct is not None else \
+                self.policy.embed(queries, "query", batch_tokens=self.cfg.batch_tokens).float().cpu().numpy()
+            direct += list(1.0 / self.env.ranks(embedded, positives))
+        return {"heldout_mrr": float(np.mean(reciprocal)), "heldout_bare_share": bare / len(rows),
+                "heldout_direct_mrr": float(np.mean(direct))}
 
     def keep_lower_cache(self) -> None:
         """Write the lower-layer cache to ``lower_cache_file`` when it holds more states than the file (the frozen
@@ -295,6 +309,9 @@ class RetrievalGRPO:
             loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
             if cfg.embedding_weight > 0:
                 embedded = self.policy.forward(rollouts.sequences, keep_lower=False).embeddings
+                if rollouts.direct is not None:  # the rewarded mix; the direct share is a constant here
+                    weight = cfg.reasoning_direct_weight
+                    embedded = (1 - weight) * embedded + weight * torch.from_numpy(rollouts.direct).to(embedded.device)
                 loss = loss + cfg.embedding_weight * self.index_info_nce(embedded, positive_rows)
             require_finite(loss, "rl update")
             loss.backward()
@@ -361,7 +378,8 @@ class HeldoutSelection:
 
     def __init__(self, trainer: RetrievalGRPO, rows: list[int], out: Path, main: bool):
         self.trainer, self.rows, self.final = trainer, rows, out / "final"
-        self.log = CSVLog(out / "heldout_log.csv", ["step", "heldout_mrr", "heldout_bare_share"]) if main else None
+        columns = ["step", "heldout_mrr", "heldout_bare_share", "heldout_direct_mrr"]
+        self.log = CSVLog(out / "heldout_log.csv", columns) if main else None
 
     def evaluate(self, step: int) -> None:
         """Every process calls it (a sharded policy generates on all)."""

@@ -107,7 +107,7 @@ def searchr3_config(spec: ModelSpec, options: ModelOptions) -> SearchR3Settings:
     return SearchR3Settings(options.reasoning, options.max_length, options.max_new_tokens, prompts,
                             resolve_dtype(options.dtype, resolve_device(options.device)), options.backend,
                             options.add_embed_token or spec.adds_embed_token, options.reasoning_samples,
-                            options.reasoning_temperature)
+                            options.reasoning_temperature, options.reasoning_direct_weight)
 
 
 def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:

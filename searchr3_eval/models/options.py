@@ -20,11 +20,12 @@ BACKEND_CHOICES = ("transformers", "vllm")
 
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None, at_least: float | None = None,
-           above: float | None = None, flag: bool = True) -> Any:
+           above: float | None = None, at_most: float | None = None, flag: bool = True) -> Any:
     """A dataclass field with what its flag needs: ``choices`` it must be one of, ``at_least`` its lowest value,
-    ``above`` a bound it must exceed; ``flag=False``: set by the library, not on the command line."""
+    ``above`` a bound it must exceed, ``at_most`` its highest value; ``flag=False``: set by the library, not on the
+    command line."""
     return field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least, "above": above,
-                                            "flag": flag})
+                                            "at_most": at_most, "flag": flag})
 
 
 @dataclass
@@ -42,6 +43,9 @@ class ModelOptions:
     reasoning_samples: int = option(1, "analyses per reasoning text: 1 (greedy) or K sampled, their embeddings "
                                        "averaged", at_least=1)
     reasoning_temperature: float = option(0.8, "sampling temperature when --reasoning-samples > 1", above=0)
+    reasoning_direct_weight: float = option(0.0, "the direct embedding's share of a reasoning embedding: 0 (the "
+                                                 "embedding after the analysis) to 1; HyDE averages the query's own "
+                                                 "embedding with the generated ones", at_least=0, at_most=1)
     dtype: str = option("auto", "LLM weights and compute; auto: bfloat16 where the CPU/GPU has native bf16, else "
                                 "float32", DTYPE_CHOICES)
     device: str = option("auto", "auto (a GPU when present), cpu, cuda, cuda:N or mps")
@@ -75,6 +79,8 @@ class ModelOptions:
                 raise UserError(f"{flag} must be at least {meta['at_least']}")
             if meta["above"] is not None and not value > meta["above"]:
                 raise UserError(f"{flag} must be greater than {meta['above']}")
+            if meta["at_most"] is not None and value > meta["at_most"]:
+                raise UserError(f"{flag} must be at most {meta['at_most']}")
         resolve_device(self.device)
         parse_index(self.index)
         if self.memmap_dir is not None and not Path(self.memmap_dir).is_dir():

@@ -29,7 +29,8 @@ from searchr3_eval.models.options import REASONING_CHOICES
 
 Reasoning = Literal["off", "on", "all"]  # on: queries reason, documents direct; all: both reason
 ANALYSIS_END = "stop at the embed token, end of turn or the direct phrase"  # how generation ends (cache key)
-REASONING_ONLY = ("max_new_tokens", "backend", "analysis_end", "reasoning_samples", "reasoning_temperature")
+REASONING_ONLY = ("max_new_tokens", "backend", "analysis_end", "reasoning_samples", "reasoning_temperature",
+                  "reasoning_direct_weight")
 SAMPLING_SEED = 0  # each batch's sampled analyses are drawn from this seed
 
 
@@ -47,6 +48,7 @@ class SearchR3Settings:
     add_embed_token: bool = False
     reasoning_samples: int = 1
     reasoning_temperature: float = 0.8
+    reasoning_direct_weight: float = 0.0  # the direct embedding's share of a reasoning embedding
 
     def __post_init__(self) -> None:
         if self.reasoning not in REASONING_CHOICES:
@@ -55,7 +57,8 @@ class SearchR3Settings:
     def identity(self) -> dict:
         """The settings a result records, and nothing else: those of generation (``REASONING_ONLY`` and the reasoning
         system prompt) only where something reasons, and the sampling settings only where several analyses are
-        sampled (one greedy analysis is what every earlier result used)."""
+        sampled (one greedy analysis is what every earlier result used), and the direct embedding's share only where
+        it has one."""
         settings = {"reasoning": self.reasoning, "max_length": self.max_length, "prompts": asdict(self.prompts),
                     "dtype": self.dtype, "add_embed_token": self.add_embed_token}
         if self.reasoning == "off":
@@ -65,6 +68,8 @@ class SearchR3Settings:
             if self.reasoning_samples > 1:
                 settings.update(reasoning_samples=self.reasoning_samples,
                                 reasoning_temperature=self.reasoning_temperature)
+            if self.reasoning_direct_weight > 0:
+                settings.update(reasoning_direct_weight=self.reasoning_direct_weight)
         return settings
 
 
@@ -98,13 +103,13 @@ class SearchR3Encoder(DenseEncoder):
                         attn_implementation: str | None = None, device: str = "cpu", prompts: Prompts | None = None,
                         reasoning: Reasoning = "off", max_length: int = 512, max_new_tokens: int = 64,
                         backend: str = "transformers", reasoning_samples: int = 1, reasoning_temperature: float = 0.8,
-                        **kwargs) -> "SearchR3Encoder":
+                        reasoning_direct_weight: float = 0.0, **kwargs) -> "SearchR3Encoder":
         """Load a model; ``prompts`` default to the preset it was trained with (``trained_preset``); ``kwargs`` go to
         ``DenseEncoder``."""
         config = SearchR3Settings(reasoning, max_length, max_new_tokens,
                                   prompts or resolve_prompts(trained_preset(name_or_path)),
                                   resolve_dtype(dtype, resolve_device(device)), backend, add_token, reasoning_samples,
-                                  reasoning_temperature)
+                                  reasoning_temperature, reasoning_direct_weight)
         return cls.from_settings(name_or_path, config, attn_implementation, device, **kwargs)
 
     @classmethod
@@ -172,12 +177,11 @@ class SearchR3Encoder(DenseEncoder):
     @torch.inference_mode()
     def embed(self, texts: list[str], kind: Kind) -> tuple[np.ndarray, list[str] | None]:
         """Direct: one embedding a text. Reasoning: after a greedy analysis, or the normalised mean of the embeddings
-        after ``samples`` analyses sampled at ``temperature`` (as HyDE averages several generated documents); the
-        cache keeps the analyses (a JSON list when several)."""
+        after ``samples`` analyses sampled at ``temperature`` (as HyDE averages several generated documents), mixed
+        with the direct embedding by ``reasoning_direct_weight`` (``mix_direct``); the cache keeps the analyses (a
+        JSON list when several)."""
         if not self.reasons(kind):
-            hidden = last_hidden_states(self.model, self.format.sequences(texts, kind), self.tokenizer.pad_token_id,
-                                        self.share_prefix)
-            return l2_normalize(hidden.float().cpu().numpy()), None
+            return self.embed_direct(texts, kind), None
         start = time.perf_counter()
         prompts = self.format.generation_prompts(texts, kind)
         samples = self.config.reasoning_samples
@@ -192,4 +196,18 @@ class SearchR3Encoder(DenseEncoder):
                                     self.tokenizer.pad_token_id, self.share_prefix)
         vectors = l2_normalize(hidden.float().cpu().numpy()).reshape(len(texts), samples, -1).mean(axis=1)
         analyses = [row[0] if samples == 1 else json.dumps(row) for row in sampled]
+        weight = self.config.reasoning_direct_weight
+        if weight > 0:
+            return mix_direct(vectors, self.embed_direct(texts, kind), weight), analyses
         return l2_normalize(vectors), analyses
+
+    def embed_direct(self, texts: list[str], kind: Kind) -> np.ndarray:
+        hidden = last_hidden_states(self.model, self.format.sequences(texts, kind), self.tokenizer.pad_token_id,
+                                    self.share_prefix)
+        return l2_normalize(hidden.float().cpu().numpy())
+
+
+def mix_direct(reasoned: np.ndarray, direct: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * reasoned + weight * direct`` of unit rows, normalised: the reasoning embedding with the direct
+    one's share (HyDE's query vector is the mean of the query's own embedding and the generated documents')."""
+    return l2_normalize((1 - weight) * l2_normalize(reasoned) + weight * direct)
