@@ -11,6 +11,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from searchr3_eval.models.searchr3 import mix_direct
 from trainer.config import RLConfig, load_config
@@ -29,8 +30,9 @@ def main() -> None:
     queries, positives = [triples[i].query for i in rows], [trainer.positive_ids[i] for i in rows]
     rollouts = [trainer.rollout(queries[s : s + 16], 1, greedy=True) for s in range(0, len(rows), 16)]
     direct = np.concatenate([r.direct for r in rollouts])
-    reasoned = np.concatenate([trainer.policy.forward(r.sequences, keep_lower=False).embeddings.float().cpu().numpy()
-                               for r in rollouts])
+    with torch.no_grad():
+        reasoned = np.concatenate([trainer.policy.forward(r.sequences, keep_lower=False).embeddings.float().cpu().numpy()
+                                   for r in rollouts])
     result = {"model": cfg.model, "heldout_queries": len(rows)}
     for weight in (float(w) for w in args.weights.split(",")):
         ranks = trainer.env.ranks(mix_direct(reasoned, direct, weight), positives)

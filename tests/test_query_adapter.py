@@ -141,6 +141,10 @@ def test_query_side_grpo_never_refreshes_its_index_and_keeps_the_best_heldout_po
     assert [int(r["step"]) for r in held_log] == [0, 1, 2, 3]
     assert all(0 < float(r["heldout_mrr"]) <= 1 and 0 < float(r["heldout_direct_mrr"]) <= 1 for r in held_log)
     assert document_model_of(tmp_path / "rl" / "final") == str(document_model)
+    # the checkpoint keeps the trained LoRA weights, not the frozen model, nor the frozen index the cache rebuilds
+    state = torch.load(tmp_path / "rl" / "checkpoint" / "state.pt", weights_only=False)
+    assert state["model"] and all(".lora_" in name and ".default." in name for name in state["model"])
+    assert "environment" not in state
     # the last step's policy is kept beside the best held-out one, and is what exporting the checkpoint gives
     exported = tmp_path / "exported"
     assert export_checkpoint(cfg, exported) == 3 and document_model_of(exported) == str(document_model)

@@ -272,6 +272,11 @@ class RetrievalGRPO:
             "update_seconds": update_seconds, "tokens_per_second": tokens / (time.perf_counter() - start),
         }
 
+    def environment_state(self) -> dict:
+        """What a checkpoint keeps of the environment: a maintained index's rows (a frozen index is rebuilt from the
+        evaluation's cache instead)."""
+        return {} if isinstance(self.env, FrozenIndex) else {"environment": self.env.state()}
+
     def index_info_nce(self, embeddings: torch.Tensor, positive_rows: torch.Tensor) -> torch.Tensor:
         """Cosine InfoNCE of embeddings against the whole index (the rows of their positives given)."""
         index = torch.from_numpy(self.env.embeddings).to(embeddings.device)
@@ -434,7 +439,7 @@ def train_rl(cfg: RLConfig, show_progress: bool = True) -> dict:
             log.append({"step": step + 1, **steps[-1]})
         if saving:
             save_checkpoint(trainer.policy, trainer.optimizer, step + 1, out / "checkpoint",
-                            {**run_state(cfg, trainer.scheduler), "environment": trainer.env.state(),
+                            {**run_state(cfg, trainer.scheduler), **trainer.environment_state(),
                              "rng": torch.get_rng_state(), "steps": steps,
                              "reward_audits": trainer.reward_audits, "full_refresh_seconds": trainer.full_refresh_seconds})
         if selection is not None and ((step + 1) % (cfg.eval_every or cfg.steps) == 0 or step + 1 == cfg.steps):

@@ -79,11 +79,19 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(**STATE_OPTIONS))
 
 
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
 def full_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Model and optimiser state (optimiser state keyed by parameter name) on process 0; every process must call it."""
+    """The trainable parameters' state and the optimiser's (keyed by parameter name) on process 0; every process must
+    call it. Frozen weights are left out: a resume or an export loads them from the run's ``model`` again (a LoRA
+    run's checkpoint is megabytes, not the whole model)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    return get_state_dict(model, optimizer, options=StateDictOptions(**STATE_OPTIONS))
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=StateDictOptions(**STATE_OPTIONS))
+    trainable = trainable_names(model)
+    return {k: v for k, v in model_state.items() if k in trainable}, optimizer_state
 
 
 def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
@@ -96,12 +104,22 @@ def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         return
+    check_trainable(model, model_state)
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
-                   options=StateDictOptions(full_state_dict=True))
+                   options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def load_model_state(model: torch.nn.Module, model_state: dict) -> None:
     """Load the model part of what ``full_training_state`` returned (no optimiser: exporting a checkpoint)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
+    check_trainable(model, model_state)
+    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def check_trainable(model: torch.nn.Module, model_state: dict) -> None:
+    """A checkpoint must hold every parameter the run trains (it may hold the frozen ones too, as older ones do)."""
+    missing = trainable_names(model) - model_state.keys()
+    if missing:
+        raise UserError(f"the checkpoint lacks {len(missing)} trained parameter(s) of this run's model, e.g. "
+                        f"{sorted(missing)[0]}: it was written for another model or trainer setting")
