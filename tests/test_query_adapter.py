@@ -205,6 +205,11 @@ def test_an_analysis_that_writes_only_a_lead_and_the_direct_phrase_is_bare():
     assert is_bare("The embedding is", phrase) and is_bare("Relevant paper: The embedding is", phrase) and is_bare("", phrase)
     assert not is_bare("Relevant paper: Vitamin D and infection. The embedding is", phrase)
     assert not is_bare("The. The. The.", phrase)
+    # the lead's words with other punctuation say nothing either, once the lead is known; one word more is an analysis
+    lead = "Relevant paper: "
+    assert is_bare("Relevant paper. The embedding is", phrase, lead) and is_bare("relevant paper", phrase, lead)
+    assert not is_bare("Relevant paper. The embedding is", phrase)
+    assert not is_bare("Relevant paper citations. The embedding is", phrase, lead)
 
 
 def test_the_packaged_query_adapter_trains_on_by_its_name_over_its_document_model():

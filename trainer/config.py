@@ -142,6 +142,8 @@ class RLConfig(RunConfig):
     format_reward: float = 0.5
     # taken from the reward of an answer that writes no analysis (``rl.is_bare``)
     bare_penalty: float = setting(0.0, at_least=0)
+    # the lead the warm start writes before its analysis: an answer with only its words is bare too (``rl.is_bare``)
+    analysis_lead: str = ""
     ppo_epochs: int = setting(1, at_least=1)
     learning_rate: float = setting(1e-5, above=0)
     batch_size: int = setting(4, at_least=1)

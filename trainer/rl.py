@@ -9,6 +9,7 @@ plus ``kl_beta`` * KL to the reference model (k3 estimator), over the generated 
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +55,14 @@ class Rollouts:
     direct: np.ndarray | None = None  # each rollout's query embedded directly, where the embeddings mix it in
 
 
-def is_bare(analysis: str, phrase: str) -> bool:
-    """An analysis that writes nothing before the direct phrase but, at most, a lead ending in a colon ("Relevant
-    paper: The embedding is")."""
+def is_bare(analysis: str, phrase: str, lead: str = "") -> bool:
+    """An analysis that writes nothing before the direct phrase but, at most, a lead: one ending in a colon ("Relevant
+    paper: The embedding is"), or the words of ``lead`` whatever their punctuation ("Relevant paper. The embedding
+    is", the way a policy penalised only for the first escaped the penalty)."""
     body = analysis.strip().removesuffix(phrase).strip()
-    return not body or body.endswith(":")
+    if not body or body.endswith(":"):
+        return True
+    return bool(lead) and set(re.findall(r"\w+", body.lower())) <= set(re.findall(r"\w+", lead.lower()))
 
 
 def corpus_from_triples(triples: list[Triple]) -> tuple[list[str], list[str], list[str]]:
@@ -226,7 +230,7 @@ class RetrievalGRPO:
         """1.0 where a rollout writes no analysis (``is_bare``), else 0.0."""
         phrase = direct_phrase(self.policy.format.prompts.direct_answer)
         decoded = self.policy.tokenizer.batch_decode(rollouts.actions, skip_special_tokens=True)
-        return np.array([is_bare(text, phrase) for text in decoded], dtype=np.float64)
+        return np.array([is_bare(text, phrase, self.cfg.analysis_lead) for text in decoded], dtype=np.float64)
 
     def action_logprobs(self, rollouts: Rollouts, model) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probabilities of the actions, [B, A] with zeros where there is no token, and the mask of
