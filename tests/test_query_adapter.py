@@ -192,10 +192,12 @@ def test_the_shipped_query_configs_hold_out_the_same_train_claims_in_both_stages
     assert held == {triples[i].query for i in held_rows} and len(held) > 50
     assert not held & {triples[i].query for i in train_rows}
     # the mixed-reward run continues the shipped warm start on the same claims, selecting on the same held-out ones
-    mix = load_config(root / "trainer/configs/query_rl_mix_smollm2.yaml", RLConfig)
-    assert mix.model == "smollm2-sft-query" and mix.reasoning_direct_weight > 0
-    assert (mix.beir_dir, mix.beir_split, mix.heldout_fraction, mix.seed) == \
-        (grpo.beir_dir, grpo.beir_split, grpo.heldout_fraction, grpo.seed)
+    for name in ("query_rl_mix_smollm2.yaml", "query_rl_mix_lead_smollm2.yaml"):
+        mix = load_config(root / "trainer/configs" / name, RLConfig)
+        assert mix.model == "smollm2-sft-query" and mix.reasoning_direct_weight > 0
+        assert (mix.beir_dir, mix.beir_split, mix.heldout_fraction, mix.seed) == \
+            (grpo.beir_dir, grpo.beir_split, grpo.heldout_fraction, grpo.seed)
+    assert mix.analysis_lead == warm.analysis_lead  # the lead the warm start writes is the one the penalty knows
 
 
 def test_an_analysis_that_writes_only_a_lead_and_the_direct_phrase_is_bare():
