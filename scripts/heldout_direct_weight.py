@@ -23,16 +23,15 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--weights", default="0,0.25,0.5,0.75,1")
     args = parser.parse_args()
-    cfg = replace(load_config(args.config, RLConfig), reasoning_direct_weight=1.0)  # rollouts keep the direct rows
+    cfg = replace(load_config(args.config, RLConfig), reasoning_direct_weight=0.0)  # rollouts: after the analysis
     triples, corpus = training_set(cfg)
     trainer = RetrievalGRPO(cfg, triples, corpus)
     rows = heldout_rows(triples, cfg.heldout_fraction, cfg.seed)[1]
     queries, positives = [triples[i].query for i in rows], [trainer.positive_ids[i] for i in rows]
     rollouts = [trainer.rollout(queries[s : s + 16], 1, greedy=True) for s in range(0, len(rows), 16)]
-    direct = np.concatenate([r.direct for r in rollouts])
+    reasoned = np.concatenate([r.embeddings for r in rollouts])
     with torch.no_grad():
-        reasoned = np.concatenate([trainer.policy.forward(r.sequences, keep_lower=False).embeddings.float().cpu().numpy()
-                                   for r in rollouts])
+        direct = trainer.policy.embed(queries, "query", batch_tokens=cfg.batch_tokens).float().cpu().numpy()
     result = {"model": cfg.model, "heldout_queries": len(rows)}
     for weight in (float(w) for w in args.weights.split(",")):
         ranks = trainer.env.ranks(mix_direct(reasoned, direct, weight), positives)

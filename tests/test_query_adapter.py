@@ -197,7 +197,8 @@ def test_the_shipped_query_configs_hold_out_the_same_train_claims_in_both_stages
         assert mix.model == "smollm2-sft-query" and mix.reasoning_direct_weight > 0
         assert (mix.beir_dir, mix.beir_split, mix.heldout_fraction, mix.seed) == \
             (grpo.beir_dir, grpo.beir_split, grpo.heldout_fraction, grpo.seed)
-    assert mix.analysis_lead == warm.analysis_lead  # the lead the warm start writes is the one the penalty knows
+    lead = load_config(root / "trainer/configs/query_rl_mix_lead_smollm2.yaml", RLConfig)
+    assert lead.analysis_lead == warm.analysis_lead  # the lead the warm start writes is the one the penalty knows
 
 
 def test_an_analysis_that_writes_only_a_lead_and_the_direct_phrase_is_bare():
