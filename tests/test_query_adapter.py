@@ -114,6 +114,9 @@ def test_query_adapter_needs_a_search_r3_model_lora_and_an_index(tiny_model_dir,
         Policy(str(document_model), query_adapter=True)
     with pytest.raises(UserError, match="needs index_dirs"):
         train_sft(query_sft_config(document_model, data_dir, tmp_path, index_dirs=[]), show_progress=False)
+    with pytest.raises(UserError, match="a query adapter's SFT encodes none"):
+        train_sft(query_sft_config(document_model, data_dir, tmp_path, weights=LossWeights(distill=1.0),
+                                   teacher="minilm"), show_progress=False)
     other = tmp_path / "other"
     (other / "qrels").mkdir(parents=True)
     (other / "corpus.jsonl").write_text('{"_id": "d1", "text": "a document of another corpus"}\n')

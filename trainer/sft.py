@@ -1,4 +1,5 @@
-"""SFT stage: L = w_sft*CE(answer) + w_kl*KL(policy||base) + w_infonce*InfoNCE + w_triplet*triplet."""
+"""SFT stage: L = w_sft*CE(answer) + w_kl*KL(policy||base) + w_infonce*InfoNCE + w_triplet*triplet
++ w_distill*KL(teacher's batch scores || the student's)."""
 from __future__ import annotations
 
 import math
@@ -14,16 +15,17 @@ from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_folder, atomic_write_json
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
+from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder
 from trainer import collectives, sharding
 from trainer.config import SFTConfig
 from trainer.data import Triple, load_triples, mine_bm25_triples
 from trainer.frozen_index import FrozenDocuments, document_embeddings
 from trainer.logging_utils import CSVLog, plot_log
-from trainer.losses import answer_cross_entropy, info_nce, require_finite, token_kl, triplet
+from trainer.losses import answer_cross_entropy, info_nce, require_finite, score_distillation, token_kl, triplet
 from trainer.modeling import Policy
 from trainer.optim import check_resumed_config, clip_and_step, config_state, make_optimizer
 
-COLUMNS = ["step", "total", "sft", "kl", "infonce", "triplet", "tokens_per_second", "lr", "grad_norm"]
+COLUMNS = ["step", "total", "sft", "kl", "infonce", "triplet", "distill", "tokens_per_second", "lr", "grad_norm"]
 
 
 def training_triples(cfg: SFTConfig) -> list[Triple]:
@@ -34,12 +36,25 @@ def training_triples(cfg: SFTConfig) -> list[Triple]:
     raise UserError("the SFT config needs train_file or beir_dir")
 
 
-def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig,
-               index: FrozenDocuments | None = None) -> tuple[dict[str, torch.Tensor], int]:
+def load_teacher(cfg: SFTConfig, query_adapter: bool) -> SentenceTransformerEncoder | None:
+    """The sentence-transformers teacher of ``weights.distill`` (None when the weight is 0), on the CPU."""
+    if cfg.weights.distill == 0:
+        return None
+    if not cfg.teacher:
+        raise UserError("weights.distill needs teacher: a sentence-transformers model (e.g. minilm)")
+    if query_adapter:
+        raise UserError("weights.distill scores each batch's documents, and a query adapter's SFT encodes none: "
+                        "set weights.distill to 0")
+    return SentenceTransformerEncoder(cfg.teacher, show_progress=False)
+
+
+def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig, index: FrozenDocuments | None = None,
+               teacher: SentenceTransformerEncoder | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """All loss terms for one batch, and the number of tokens it processed. Triples may carry different numbers of
     hard negatives (up to ``num_negatives`` each): InfoNCE scores every query against all positives and negatives of
-    the batch, the triplet term pairs each negative with its own query. With a frozen ``index`` (a query adapter)
-    no document is encoded: InfoNCE scores every query against the whole corpus, and there is no triplet term."""
+    the batch, the triplet term pairs each negative with its own query, and a ``teacher`` scores the same pairs for
+    the distillation term. With a frozen ``index`` (a query adapter) no document is encoded: InfoNCE scores every
+    query against the whole corpus, and there is no triplet term."""
     docs, owners = [], []
     if index is None:
         docs = [t.positive for t in batch]
@@ -75,17 +90,35 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig,
         terms |= {"infonce": sum(index.info_nce(v, positive_rows, cfg.temperature) for v in views) / len(views),
                   "triplet": torch.zeros_like(kl)}
     else:
-        terms |= _in_batch_terms(views, embeddings[size : 2 * size], embeddings[2 * size : size + n_docs], owners, cfg)
+        taught = None if teacher is None else (_teacher_rows(teacher, [t.query for t in batch], "query", queries),
+                                               _teacher_rows(teacher, docs, "document", queries))
+        terms |= _in_batch_terms(views, embeddings[size : 2 * size], embeddings[2 * size : size + n_docs], owners, cfg,
+                                 taught)
+    terms.setdefault("distill", torch.zeros_like(kl))
     w = cfg.weights
-    terms["total"] = w.sft * terms["sft"] + w.kl * terms["kl"] + w.infonce * terms["infonce"] + w.triplet * terms["triplet"]
+    terms["total"] = (w.sft * terms["sft"] + w.kl * terms["kl"] + w.infonce * terms["infonce"]
+                      + w.triplet * terms["triplet"] + w.distill * terms["distill"])
     return terms, sum(len(s) for s in sequences)
 
 
+def _teacher_rows(teacher: SentenceTransformerEncoder, texts: list[str], kind: str, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(teacher.embed(texts, kind)[0]).to(like.device)
+
+
 def _in_batch_terms(views: list[torch.Tensor], positives: torch.Tensor, negatives: torch.Tensor, owners: list[int],
-                    cfg: SFTConfig) -> dict[str, torch.Tensor]:
-    """InfoNCE against the batch's documents (across processes: the global batch's) and the triplet term."""
+                    cfg: SFTConfig, taught: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """InfoNCE against the batch's documents (across processes: the global batch's), the triplet term, and with the
+    teacher's (query, document) embeddings ``taught`` the distillation of its scores over the same candidates."""
     all_positives, all_negatives = collectives.gather_rows(positives), collectives.gather_rows(negatives)
-    return {
+    distill = {}
+    if taught is not None:
+        size = len(positives)
+        t_queries, t_candidates = collectives.gather_rows(taught[0]), torch.cat(
+            [collectives.gather_rows(taught[1][:size]), collectives.gather_rows(taught[1][size:])])
+        candidates = torch.cat([all_positives, all_negatives])
+        distill["distill"] = sum(score_distillation(collectives.gather_rows(v), candidates, t_queries, t_candidates,
+                                                    cfg.temperature, cfg.teacher_temperature) for v in views) / len(views)
+    return distill | {
         # across processes InfoNCE scores every query of the global batch against all its documents
         "infonce": sum(info_nce(collectives.gather_rows(v), all_positives, all_negatives, cfg.temperature) for v in views) / len(views),
         "triplet": sum(triplet(v[owners], positives[owners], negatives[:, None, :], cfg.margin) for v in views) / len(views)
@@ -179,6 +212,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     triples = training_triples(cfg)
     policy = Policy.from_config(cfg)
+    teacher = load_teacher(cfg, policy.query_adapter)
     index = frozen_documents(cfg, policy, show_progress) if policy.query_adapter else None
     if plugin is not None:
         policy.shard(plugin)
@@ -208,7 +242,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         start, tokens, sums = time.perf_counter(), 0, {}
         for micro in range(cfg.grad_accum):
             batch = batch_at(triples, step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
-            terms, n_tokens = sft_losses(policy, collectives.shard_of(batch, rank, size), cfg, index)
+            terms, n_tokens = sft_losses(policy, collectives.shard_of(batch, rank, size), cfg, index, teacher)
             require_finite(terms["total"], f"sft step {step + 1}")
             (terms["total"] / cfg.grad_accum).backward()
             tokens += n_tokens
