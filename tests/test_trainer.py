@@ -428,6 +428,10 @@ def test_shipped_configs_load_and_point_at_the_shared_data(shared_beir):
     assert all((root / d / "qrels" / "train.tsv").is_file() for d in nf_data.beir_dirs)
     assert nf_sft.train_file == str(Path(nf_data.output_dir) / "train.jsonl")
     assert nf_sft.eval_file == str(Path(nf_data.output_dir) / "heldout.jsonl")
+    distill = load_config(root / "trainer/configs/sft_distill_smollm2.yaml", SFTConfig)
+    assert distill.train_file == nf_sft.train_file and distill.eval_file == nf_sft.eval_file
+    assert distill.weights.distill > 0 and distill.teacher == "minilm"
+    assert (root / distill.model / "searchr3_adapter.json").is_file()  # it continues the packaged smollm2-sft
 
 
 def test_trainer_device_is_validated_with_the_config(tmp_path):
