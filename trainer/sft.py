@@ -110,17 +110,18 @@ def _in_batch_terms(views: list[torch.Tensor], positives: torch.Tensor, negative
     """InfoNCE against the batch's documents (across processes: the global batch's), the triplet term, and with the
     teacher's (query, document) embeddings ``taught`` the distillation of its scores over the same candidates."""
     all_positives, all_negatives = collectives.gather_rows(positives), collectives.gather_rows(negatives)
+    all_views = [collectives.gather_rows(v) for v in views]  # each view gathered once, for every term that needs it
     distill = {}
     if taught is not None:
         size = len(positives)
         t_queries, t_candidates = collectives.gather_rows(taught[0]), torch.cat(
             [collectives.gather_rows(taught[1][:size]), collectives.gather_rows(taught[1][size:])])
         candidates = torch.cat([all_positives, all_negatives])
-        distill["distill"] = sum(score_distillation(collectives.gather_rows(v), candidates, t_queries, t_candidates,
-                                                    cfg.temperature, cfg.teacher_temperature) for v in views) / len(views)
+        distill["distill"] = sum(score_distillation(v, candidates, t_queries, t_candidates, cfg.temperature,
+                                                    cfg.teacher_temperature) for v in all_views) / len(views)
     return distill | {
         # across processes InfoNCE scores every query of the global batch against all its documents
-        "infonce": sum(info_nce(collectives.gather_rows(v), all_positives, all_negatives, cfg.temperature) for v in views) / len(views),
+        "infonce": sum(info_nce(v, all_positives, all_negatives, cfg.temperature) for v in all_views) / len(views),
         "triplet": sum(triplet(v[owners], positives[owners], negatives[:, None, :], cfg.margin) for v in views) / len(views)
         if owners else torch.zeros((), device=positives.device),
     }
