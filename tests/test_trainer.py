@@ -138,6 +138,33 @@ def test_sft_schedule_and_clipping_are_logged_resume_exactly_and_an_edited_confi
     assert len(log("resumed")) == 12
 
 
+def test_a_continuation_with_skip_batches_trains_on_the_rest_of_the_epoch(tiny_model_dir, tmp_path, monkeypatch):
+    import trainer.sft as sft
+
+    triples = keyword_triples(1, 64)
+    for i, t in enumerate(triples):  # distinct queries, so each batch is recognisable
+        t.query = f"{t.query} {i}"
+    write_triples(tmp_path / "train.jsonl", triples)
+    seen, real = [], sft.sft_losses
+
+    def recording(policy, batch, *args):
+        seen.append([t.query for t in batch])
+        return real(policy, batch, *args)
+
+    monkeypatch.setattr(sft, "sft_losses", recording)
+    common = dict(train_file=str(tmp_path / "train.jsonl"), learning_rate=1e-2, batch_size=16, temperature=0.1,
+                  max_length=160, mixed_precision="no", seed=3)
+    first = train_sft(SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "first"), max_steps=1, **common),
+                      show_progress=False)
+    rest = SFTConfig(model=first["model"], output_dir=str(tmp_path / "rest"), skip_batches=1, **common)
+    assert train_sft(rest, show_progress=False)["steps"] == 3  # the epoch's 4 batches less the 1 trained
+    queries = [q for batch in seen for q in batch]
+    assert sorted(queries) == sorted(t.query for t in triples)  # every triple once, none twice
+    with pytest.raises(UserError, match="skip_batches 4 leaves no batch of the 1 epoch"):
+        train_sft(SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "none"), skip_batches=4, **common),
+                  show_progress=False)
+
+
 def test_sft_resumes_a_checkpoint_written_before_checkpoints_were_gathered(tiny_model_dir, tmp_path):
     """A checkpoint of ``state_dict()``s (optimiser state by position) resumes with its weights and optimiser state."""
     write_triples(tmp_path / "train.jsonl", keyword_triples(1, 32))
@@ -432,6 +459,11 @@ def test_shipped_configs_load_and_point_at_the_shared_data(shared_beir):
     assert distill.train_file == nf_sft.train_file and distill.eval_file == nf_sft.eval_file
     assert distill.weights.distill > 0 and distill.teacher == "minilm"
     assert (root / distill.model / "searchr3_adapter.json").is_file()  # it continues the packaged smollm2-sft
+    more = load_config(root / "trainer/configs/sft_distill_more_smollm2.yaml", SFTConfig)
+    assert more.model == "searchr3_eval/weights/smollm2-sft-distill" and (root / more.model / "searchr3_adapter.json").is_file()
+    # the continuation trains on the batches after those of the run that made its starting weights
+    assert (more.train_file, more.seed, more.batch_size) == (distill.train_file, distill.seed, distill.batch_size)
+    assert more.skip_batches == distill.max_steps * distill.grad_accum and more.train_layers == distill.train_layers
 
 
 def test_trainer_device_is_validated_with_the_config(tmp_path):

@@ -98,6 +98,9 @@ class SFTConfig(RunConfig):
     grad_accum: int = setting(1, at_least=1)
     epochs: int = setting(1, at_least=1)
     max_steps: int | None = setting(None, at_least=1)
+    # batches of the shuffled order (``seed``, ``train_file``) to pass over at the start: a new run that continues an
+    # earlier one's weights (its ``model``) sees the data that run did not by skipping its max_steps x grad_accum
+    skip_batches: int = setting(0, at_least=0)
     # held-out InfoNCE every N steps (and at the end); final = the best
     eval_every: int | None = setting(None, at_least=1)
     # also train each query that has an analysis in reasoning format (analysis, the direct phrase, the embed token);

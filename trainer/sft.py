@@ -157,6 +157,17 @@ def frozen_documents(cfg: SFTConfig, policy: Policy, show_progress: bool) -> Fro
     return FrozenDocuments(texts, embeddings, policy.model.device)
 
 
+def planned_steps(cfg: SFTConfig, n_triples: int) -> int:
+    """``max_steps``, else the optimiser steps to the end of ``epochs`` passes less the ``skip_batches`` passed over."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    batches = cfg.epochs * math.ceil(n_triples / cfg.batch_size) - cfg.skip_batches
+    if batches <= 0:
+        raise UserError(f"skip_batches {cfg.skip_batches} leaves no batch of the {cfg.epochs} epoch(s) of "
+                        f"{n_triples} triples; set max_steps or more epochs")
+    return math.ceil(batches / cfg.grad_accum)
+
+
 def batch_at(triples: list[Triple], index: int, batch_size: int, seed: int) -> list[Triple]:
     """The ``index``-th batch of a per-epoch shuffled order (deterministic, so resume continues exactly)."""
     per_epoch = math.ceil(len(triples) / batch_size)
@@ -212,13 +223,13 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     triples = training_triples(cfg)
+    total_steps = planned_steps(cfg, len(triples))
     policy = Policy.from_config(cfg)
     teacher = load_teacher(cfg, policy.query_adapter)
     index = frozen_documents(cfg, policy, show_progress) if policy.query_adapter else None
     if plugin is not None:
         policy.shard(plugin)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(triples) / cfg.batch_size) / cfg.grad_accum)
     optimizer, scheduler = make_optimizer(trainable, cfg, cfg.learning_rate, total_steps)
     checkpoint = out / "checkpoint"
     step = 0
@@ -242,7 +253,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         policy.model.train()
         start, tokens, sums = time.perf_counter(), 0, {}
         for micro in range(cfg.grad_accum):
-            batch = batch_at(triples, step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
+            batch = batch_at(triples, cfg.skip_batches + step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
             terms, n_tokens = sft_losses(policy, collectives.shard_of(batch, rank, size), cfg, index, teacher)
             require_finite(terms["total"], f"sft step {step + 1}")
             (terms["total"] / cfg.grad_accum).backward()
