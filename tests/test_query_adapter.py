@@ -188,6 +188,10 @@ def test_the_shipped_query_configs_hold_out_the_same_train_claims_in_both_stages
     assert grpo.model == f"{warm.output_dir}/final" and grpo.beir_split == data.beir_split == "train"
     assert warm.index_dirs and all((root / d / "corpus.jsonl").is_file() for d in warm.index_dirs)
     assert [Path(d) for d in warm.index_dirs] == [Path(grpo.beir_dir)]
+    # the query adapter over smollm2-sft-distill-180 is the same recipe over another packaged document model
+    paired = load_config(root / "trainer/configs/query_sft_distill_smollm2.yaml", SFTConfig)
+    assert (root / "searchr3_eval/weights" / paired.model / "searchr3_adapter.json").is_file()
+    assert {**vars(paired), "model": warm.model, "output_dir": warm.output_dir} == vars(warm)
     prepare_data(replace(data, output_dir=str(tmp_path / "data"), beir_dirs=[str(shared_beir / "scifact")]))
     triples, _ = beir_training_set(shared_beir / "scifact", grpo.beir_split)
     train_rows, held_rows = heldout_rows(triples, grpo.heldout_fraction, grpo.seed)
