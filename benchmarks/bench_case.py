@@ -60,10 +60,12 @@ def main() -> None:
         rows[spec] = {label: {"ndcg_at_10": scores[(spec, task)], "minus_as_given": scores[(spec, task)] - given}
                       for label, task in variants.items()}
         rows[spec]["within_goal"] = all(abs(v["minus_as_given"]) <= GOAL for v in rows[spec].values())
+    machine = f"{platform.processor() or platform.machine()}, native bf16: {cpu_has_native_bf16()}"
+    path = args.output_dir / f"case_{args.task}.json"
+    earlier = json.loads(path.read_text(encoding="utf-8"))["models"] if path.exists() else {}  # models measured before
     out = {"task": args.task, "goal": f"every variant within {GOAL} nDCG@10 of the as-given score",
-           "machine": f"{platform.processor() or platform.machine()}, native bf16: {cpu_has_native_bf16()}",
-           "models": rows}
-    atomic_write_json(args.output_dir / f"case_{args.task}.json", out)
+           "models": {**earlier, **{spec: {**row, "machine": machine} for spec, row in rows.items()}}}
+    atomic_write_json(path, out)
     for spec, row in rows.items():
         cells = ", ".join(f"{label} {v['ndcg_at_10']:.4f}" for label, v in row.items() if label != "within_goal")
         print(f"{spec}: {cells}; within {GOAL}: {row['within_goal']}")
