@@ -107,6 +107,24 @@ def test_query_adapter_sft_learns_against_the_frozen_documents_the_evaluation_re
         load_model(parse_model_spec(f"searchr3:{final}"), ModelOptions(**OPTIONS, reasoning="all"), None)
 
 
+def test_query_adapter_distillation_alone_teaches_the_teachers_ranking_of_the_whole_corpus(document_model, data_dir,
+                                                                                         tmp_path):
+    """With only the teacher's scores over every document of the index (no label is used), held-out queries rank
+    their own documents higher; the teacher's document embeddings are the evaluation's, from its cache."""
+    cfg = query_sft_config(document_model, data_dir, tmp_path, reasoning=False, teacher="minilm",
+                           weights=LossWeights(sft=0.0, kl=0.0, infonce=0.0, triplet=0.0, distill=1.0))
+    summary = train_sft(cfg, show_progress=False)
+    held = summary["heldout_infonce"]
+    assert held["best"] < held["at_start"] - 0.1, held
+    with open(Path(cfg.output_dir) / "loss_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["distill"]) < float(rows[0]["distill"]) and float(rows[0]["infonce"]) > 0
+    texts = [document_text(d) for d in load_beir_folder(tmp_path / "keywords").corpus.values()]
+    teacher = load_model(parse_model_spec("minilm"), ModelOptions(**OPTIONS), EmbeddingCache(cache_file(tmp_path / "cache")))
+    teacher.encode(texts, "document")
+    assert teacher.last_stats.cached == len(texts) and teacher.last_stats.encoded == 0
+
+
 def test_query_adapter_needs_a_search_r3_model_lora_and_an_index(tiny_model_dir, document_model, data_dir, tmp_path):
     with pytest.raises(UserError, match="not a Search-R3 model"):
         Policy(str(tiny_model_dir), lora=True, query_adapter=True)
@@ -114,9 +132,6 @@ def test_query_adapter_needs_a_search_r3_model_lora_and_an_index(tiny_model_dir,
         Policy(str(document_model), query_adapter=True)
     with pytest.raises(UserError, match="needs index_dirs"):
         train_sft(query_sft_config(document_model, data_dir, tmp_path, index_dirs=[]), show_progress=False)
-    with pytest.raises(UserError, match="a query adapter's SFT encodes none"):
-        train_sft(query_sft_config(document_model, data_dir, tmp_path, weights=LossWeights(distill=1.0),
-                                   teacher="minilm"), show_progress=False)
     other = tmp_path / "other"
     (other / "qrels").mkdir(parents=True)
     (other / "corpus.jsonl").write_text('{"_id": "d1", "text": "a document of another corpus"}\n')
@@ -157,7 +172,7 @@ def test_query_side_grpo_never_refreshes_its_index_and_keeps_the_best_heldout_po
     # the index rewarded is the document model's documents as the evaluation embeds them (served by the cache now)
     task = load_beir_folder(data_dir / "MiniGSM")
     texts = [document_text(task.corpus[d]) for d in task.corpus]
-    vectors, _ = document_embeddings(str(document_model), texts, str(tmp_path / "cache"), show_progress=False)
+    vectors, _ = document_embeddings(f"searchr3:{document_model}", texts, str(tmp_path / "cache"), show_progress=False)
     plain = load_model(parse_model_spec(f"searchr3:{document_model}"), ModelOptions(show_progress=False), None)
     np.testing.assert_array_equal(vectors, plain.encode(texts, "document"))
     # the held-out direct MRR at step 0 is the warm start's direct queries as the evaluation embeds them
@@ -206,6 +221,27 @@ def test_the_shipped_query_configs_hold_out_the_same_train_claims_in_both_stages
             (grpo.beir_dir, grpo.beir_split, grpo.heldout_fraction, grpo.seed)
     lead = load_config(root / "trainer/configs/query_rl_mix_lead_smollm2.yaml", RLConfig)
     assert lead.analysis_lead == warm.analysis_lead  # the lead the warm start writes is the one the penalty knows
+    # GRPO over the packaged pair of the default document model: the same claims and lead
+    paired_rl = load_config(root / "trainer/configs/query_rl_distill_smollm2.yaml", RLConfig)
+    assert (root / "searchr3_eval/weights" / paired_rl.model / "searchr3_adapter.json").is_file()
+    assert (paired_rl.beir_dir, paired_rl.beir_split, paired_rl.heldout_fraction, paired_rl.seed, paired_rl.analysis_lead) \
+        == (grpo.beir_dir, grpo.beir_split, grpo.heldout_fraction, grpo.seed, paired.analysis_lead)
+
+
+def test_the_teacher_query_configs_distil_over_the_corpora_of_their_train_queries():
+    from trainer.config import DataConfig, load_config
+
+    root = Path(__file__).resolve().parents[1]
+    data = load_config(root / "trainer/configs/data_query_smollm2.yaml", DataConfig)
+    taught = load_config(root / "trainer/configs/query_sft_teacher_smollm2.yaml", SFTConfig)
+    heavy = load_config(root / "trainer/configs/query_sft_teacher_heavy_smollm2.yaml", SFTConfig)
+    assert data.beir_split == taught.beir_split == "train" and taught.index_dirs == data.beir_dirs
+    assert (taught.train_file, taught.eval_file) == (f"{data.output_dir}/train.jsonl", f"{data.output_dir}/heldout.jsonl")
+    assert taught.query_adapter and taught.teacher == "minilm" and taught.weights.distill > 0
+    assert (root / "searchr3_eval/weights" / taught.model / "searchr3_adapter.json").is_file()
+    # the heavier run changes only the teacher's weight and the length
+    assert heavy.weights.distill > taught.weights.distill and heavy.epochs > taught.epochs
+    assert {**vars(heavy), "output_dir": taught.output_dir, "weights": taught.weights, "epochs": taught.epochs} == vars(taught)
 
 
 def test_an_analysis_that_writes_only_a_lead_and_the_direct_phrase_is_bare():

@@ -17,27 +17,33 @@ from searchr3_eval import distributed
 from searchr3_eval.cache import EmbeddingCache, cache_file
 from searchr3_eval.errors import UserError
 from searchr3_eval.models import ModelOptions, load_model, parse_model_spec
+from trainer.losses import score_distillation
 
 
-def document_embeddings(document_model: str, texts: list[str], cache_dir: str | None = None,
+def document_embeddings(model: str, texts: list[str], cache_dir: str | None = None,
                         show_progress: bool = True) -> tuple[np.ndarray, float]:
-    """[N, H] embeddings of ``texts`` as documents of ``searchr3:<document_model>`` under the evaluation's default
-    options, read from (and written to) the embedding cache in ``cache_dir`` (default: the evaluation's), and the
-    seconds it took. Under several processes each encodes a share and all get the whole array."""
+    """[N, H] embeddings of ``texts`` as documents of the evaluation's ``model`` (a model spec, e.g.
+    ``searchr3:<document model>`` or a distillation teacher's ``minilm``) under its default options, read from (and
+    written to) the embedding cache in ``cache_dir`` (default: the evaluation's), and the seconds it took. Under
+    several processes each encodes a share and all get the whole array."""
     main = distributed.is_main()
     cache = EmbeddingCache(cache_file(cache_dir)) if main else None
     start = time.perf_counter()
-    encoder = load_model(parse_model_spec(f"searchr3:{document_model}"), ModelOptions(show_progress=show_progress), cache)
+    encoder = load_model(parse_model_spec(model), ModelOptions(show_progress=show_progress), cache)
     vectors = distributed.broadcast_from_main(encoder.encode(texts, "document"))
     return vectors, time.perf_counter() - start
 
 
 class FrozenDocuments:
-    """The index as a tensor with each document text's row, for losses over the whole corpus."""
+    """The index as a tensor with each document text's row, for losses over the whole corpus; with a distillation
+    teacher, the teacher's embeddings of the same documents beside it."""
 
-    def __init__(self, texts: list[str], embeddings: np.ndarray, device: torch.device | str = "cpu"):
+    def __init__(self, texts: list[str], embeddings: np.ndarray, device: torch.device | str = "cpu",
+                 teacher_embeddings: np.ndarray | None = None):
         self.row_of = {text: row for row, text in enumerate(texts)}
         self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings)).to(device)
+        self.teacher_embeddings = None if teacher_embeddings is None else torch.from_numpy(
+            np.ascontiguousarray(teacher_embeddings)).to(device)
 
     def rows(self, positives: list[str], where: str) -> torch.Tensor:
         """The index row of each positive; every positive must be one of the index's documents."""
@@ -48,6 +54,13 @@ class FrozenDocuments:
 
     def info_nce(self, queries: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
         return corpus_info_nce(queries, self.embeddings, rows, temperature)
+
+    def distillation(self, queries: torch.Tensor, teacher_queries: torch.Tensor, temperature: float,
+                     teacher_temperature: float) -> torch.Tensor:
+        """KL(teacher || student) of each query's score distribution over the whole corpus: the teacher ranks every
+        document, judged or not, so the soft labels cover all of a query's relevant documents."""
+        return score_distillation(queries.float(), self.embeddings, teacher_queries, self.teacher_embeddings,
+                                  temperature, teacher_temperature)
 
 
 def corpus_info_nce(queries: torch.Tensor, documents: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:

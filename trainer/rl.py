@@ -139,7 +139,7 @@ class RetrievalGRPO:
         self.positive_ids = corpus.positive_ids
         if self.policy.query_adapter:  # the document model's index as the evaluation embeds it (cached on a resume)
             self.env = FrozenIndex(corpus.doc_ids, *document_embeddings(
-                self.policy.document_model, corpus.doc_texts, cfg.cache_dir, show_progress=False))
+                f"searchr3:{self.policy.document_model}", corpus.doc_texts, cfg.cache_dir, show_progress=False))
         else:
             # documents go through the training forward: with train_layers their frozen lower layers are computed
             # once, so a refresh re-runs only the trained top layers; across processes each encodes a share, all get

@@ -36,15 +36,12 @@ def training_triples(cfg: SFTConfig) -> list[Triple]:
     raise UserError("the SFT config needs train_file or beir_dir")
 
 
-def load_teacher(cfg: SFTConfig, query_adapter: bool) -> SentenceTransformerEncoder | None:
+def load_teacher(cfg: SFTConfig) -> SentenceTransformerEncoder | None:
     """The sentence-transformers teacher of ``weights.distill`` (None when the weight is 0), on the CPU."""
     if cfg.weights.distill == 0:
         return None
     if not cfg.teacher:
         raise UserError("weights.distill needs teacher: a sentence-transformers model (e.g. minilm)")
-    if query_adapter:
-        raise UserError("weights.distill scores each batch's documents, and a query adapter's SFT encodes none: "
-                        "set weights.distill to 0")
     return SentenceTransformerEncoder(cfg.teacher, show_progress=False)
 
 
@@ -53,8 +50,8 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig, index: Froze
     """All loss terms for one batch, and the number of tokens it processed. Triples may carry different numbers of
     hard negatives (up to ``num_negatives`` each): InfoNCE scores every query against all positives and negatives of
     the batch, the triplet term pairs each negative with its own query, and a ``teacher`` scores the same pairs for
-    the distillation term. With a frozen ``index`` (a query adapter) no document is encoded: InfoNCE scores every
-    query against the whole corpus, and there is no triplet term."""
+    the distillation term. With a frozen ``index`` (a query adapter) no document is encoded: InfoNCE and the
+    distillation term score every query against the whole corpus, and there is no triplet term."""
     docs, owners = [], []
     if index is None:
         docs = [t.positive for t in batch]
@@ -89,6 +86,10 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig, index: Froze
         positive_rows = index.rows([t.positive for t in batch], "sft batch")
         terms |= {"infonce": sum(index.info_nce(v, positive_rows, cfg.temperature) for v in views) / len(views),
                   "triplet": torch.zeros_like(kl)}
+        if teacher is not None:
+            t_queries = _teacher_rows(teacher, [t.query for t in batch], "query", queries)
+            terms["distill"] = sum(index.distillation(v, t_queries, cfg.temperature, cfg.teacher_temperature)
+                                   for v in views) / len(views)
     else:
         taught = None if teacher is None else (_teacher_rows(teacher, [t.query for t in batch], "query", queries),
                                                _teacher_rows(teacher, docs, "document", queries))
@@ -148,13 +149,15 @@ def heldout_infonce(policy: Policy, triples: list[Triple], temperature: float, b
 
 
 def frozen_documents(cfg: SFTConfig, policy: Policy, show_progress: bool) -> FrozenDocuments:
-    """The frozen index of a query adapter's SFT: the corpora of ``index_dirs`` as the document model embeds them."""
+    """The frozen index of a query adapter's SFT: the corpora of ``index_dirs`` as the document model embeds them
+    (and as the teacher does, when ``weights.distill`` is on)."""
     if not cfg.index_dirs:
         raise UserError("query_adapter SFT needs index_dirs: the BEIR folders whose corpora hold every positive")
     texts = list(dict.fromkeys(document_text(d) for folder in cfg.index_dirs
                                for d in load_beir_folder(Path(folder), cfg.beir_split).corpus.values()))
-    embeddings, _ = document_embeddings(policy.document_model, texts, cfg.cache_dir, show_progress)
-    return FrozenDocuments(texts, embeddings, policy.model.device)
+    embeddings, _ = document_embeddings(f"searchr3:{policy.document_model}", texts, cfg.cache_dir, show_progress)
+    taught = document_embeddings(cfg.teacher, texts, cfg.cache_dir, show_progress)[0] if cfg.weights.distill else None
+    return FrozenDocuments(texts, embeddings, policy.model.device, taught)
 
 
 def planned_steps(cfg: SFTConfig, n_triples: int) -> int:
@@ -225,7 +228,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     triples = training_triples(cfg)
     total_steps = planned_steps(cfg, len(triples))
     policy = Policy.from_config(cfg)
-    teacher = load_teacher(cfg, policy.query_adapter)
+    teacher = load_teacher(cfg)
     index = frozen_documents(cfg, policy, show_progress) if policy.query_adapter else None
     if plugin is not None:
         policy.shard(plugin)
