@@ -587,6 +587,31 @@ def test_training_data_caps_positives_per_query_and_adds_upper_cased_copies(data
     assert not {t.query.upper() for t in load_triples(tmp_path / "data" / "heldout.jsonl")} & {t.query for t in upper}
 
 
+def test_training_data_adds_each_titled_document_as_its_own_titles_query_to_train_only(shared_beir, tmp_path):
+    from dataclasses import replace
+
+    from searchr3_eval.data import document_text
+    from trainer.config import DataConfig
+    from trainer.prepare import prepare_data
+
+    plain = DataConfig(output_dir=str(tmp_path / "plain"), beir_dirs=[str(shared_beir / "scifact")], beir_split="train")
+    titled = replace(plain, output_dir=str(tmp_path / "titled"), title_query_dirs=[str(shared_beir / "scifact")])
+    prepare_data(plain)
+    summary = prepare_data(titled)
+    read = {name: (load_triples(tmp_path / name / "train.jsonl"), load_triples(tmp_path / name / "heldout.jsonl"))
+            for name in ("plain", "titled")}
+    assert read["plain"][1] == read["titled"][1]  # selection stays on the same real held-out queries
+    corpus = load_task("scifact", shared_beir, split="train").corpus
+    added = [t for t in read["titled"][0] if t not in read["plain"][0]]
+    assert len(added) == summary["sources"][f"titles of {shared_beir / 'scifact'}"]["train"] > 5000
+    by_title = {}
+    for doc in corpus.values():
+        by_title.setdefault(doc["title"], set()).add(document_text(doc))
+    assert all(t.positive in by_title[t.query] and not t.negatives for t in added)
+    assert len(added) == sum(len(texts) for title, texts in by_title.items() if title.strip())
+    assert summary["train"] == len(read["plain"][0]) + len(added)
+
+
 def test_rl_over_a_beir_corpus_caches_only_the_documents_lower_layers(tiny_model_dir, data_dir, tmp_path):
     from trainer.rl import beir_training_set
 

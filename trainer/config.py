@@ -133,6 +133,9 @@ class DataConfig:
     case_fraction: float = setting(0.0, at_least=0, at_most=1)
     # of each source's distinct queries, for model selection
     heldout_fraction: float = setting(0.1, at_least=0, below=1)
+    # BEIR folders whose documents' titles become training queries of their own documents (no judgement read; never
+    # held out: selection stays on real queries)
+    title_query_dirs: list[str] = field(default_factory=list)
     seed: int = 0
 
 

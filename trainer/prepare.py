@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from searchr3_eval.atomic import atomic_write, atomic_write_json
-from searchr3_eval.data import load_beir_folder
+from searchr3_eval.data import RetrievalTask, document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from trainer.config import DataConfig
 from trainer.data import Triple, case_variants, load_triples, mine_bm25_triples, write_triples
@@ -23,6 +23,12 @@ def split_by_query(triples: list[Triple], fraction: float, rng: random.Random) -
     """(train, held out): a ``fraction`` of the distinct queries, with all their triples, is held out."""
     held = held_out_queries(triples, fraction, rng)
     return [t for t in triples if t.query not in held], [t for t in triples if t.query in held]
+
+
+def title_triples(task: RetrievalTask) -> list[Triple]:
+    """Each titled document's title as a query whose positive is the document (as dense models read it): pairs that
+    need no judgement, in the corpus's own words."""
+    return [Triple(doc["title"], document_text(doc), [], None) for doc in task.corpus.values() if doc.get("title", "").strip()]
 
 
 def prepare_data(cfg: DataConfig) -> dict:
@@ -48,6 +54,11 @@ def prepare_data(cfg: DataConfig) -> dict:
         counts[name] = {"train": len(kept), "heldout": len(held), "triples_by_negatives": dict(sorted(negatives.items()))}
     case_copies = case_variants(train, cfg.case_fraction, rng) if cfg.case_fraction else []
     train += case_copies
+    held_queries = {t.query for t in heldout}
+    for folder in cfg.title_query_dirs:
+        titled = [t for t in title_triples(load_beir_folder(Path(folder), cfg.beir_split)) if t.query not in held_queries]
+        train += titled
+        counts[f"titles of {folder}"] = {"train": len(titled), "heldout": 0}
     rng.shuffle(train)
     out = Path(cfg.output_dir)
     atomic_write(out / "train.jsonl", lambda tmp: write_triples(tmp, train))
