@@ -585,6 +585,11 @@ def test_training_data_caps_positives_per_query_and_adds_upper_cased_copies(data
     assert {t.query.lower() for t in upper} <= {t.query.lower() for t in train if t not in upper}
     assert any(t.positive == t.positive.upper() for t in upper) and any(t.positive != t.positive.upper() for t in upper)
     assert not {t.query.upper() for t in load_triples(tmp_path / "data" / "heldout.jsonl")} & {t.query for t in upper}
+    # for a query adapter's fixed index, only the queries are upper-cased
+    queries_only = prepare_data(DataConfig(**{**vars(cfg), "output_dir": str(tmp_path / "q"), "case_documents": False}))
+    upper = [t for t in load_triples(tmp_path / "q" / "train.jsonl") if t.query == t.query.upper()]
+    assert queries_only["case_copies"] == summary["case_copies"] == len(upper)
+    assert all(t.positive != t.positive.upper() for t in upper)
 
 
 def test_training_data_adds_each_titled_document_as_its_own_titles_query_to_train_only(shared_beir, tmp_path):

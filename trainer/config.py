@@ -131,6 +131,8 @@ class DataConfig:
     max_positives: int | None = setting(None, at_least=1)
     # add upper-cased copies of this fraction of the training triples (trainer.data.case_variants)
     case_fraction: float = setting(0.0, at_least=0, at_most=1)
+    # half of those copies also upper-case their documents (false for a query adapter, whose index is fixed)
+    case_documents: bool = True
     # of each source's distinct queries, for model selection
     heldout_fraction: float = setting(0.1, at_least=0, below=1)
     # BEIR folders whose documents' titles become training queries of their own documents (no judgement read; never

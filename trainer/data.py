@@ -76,14 +76,14 @@ def mine_bm25_triples(task: RetrievalTask, num_negatives: int = 1, seed: int = 0
     return triples
 
 
-def case_variants(triples: list[Triple], fraction: float, rng: random.Random) -> list[Triple]:
+def case_variants(triples: list[Triple], fraction: float, rng: random.Random, documents: bool = True) -> list[Triple]:
     """Upper-cased copies of a random ``fraction`` of ``triples``, for a model that reads letter case where old
-    collections and users write in capitals: each copy upper-cases its query, and half of them also their documents
-    (so both an upper-cased query against normal documents and an all-capitals collection are seen)."""
+    collections and users write in capitals: each copy upper-cases its query, and with ``documents`` half of them also
+    their documents (so both an upper-cased query against normal documents and an all-capitals collection are seen)."""
     chosen = rng.sample(triples, round(len(triples) * fraction))
     copies = []
     for i, t in enumerate(chosen):
-        documents_too = i % 2 == 1
+        documents_too = documents and i % 2 == 1
         copies.append(Triple(t.query.upper(), t.positive.upper() if documents_too else t.positive,
                              [n.upper() for n in t.negatives] if documents_too else t.negatives, t.analysis))
     return copies
