@@ -1,6 +1,7 @@
 """Query adapters: a LoRA over a Search-R3 model that only queries use, trained against that model's frozen documents."""
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,45 @@ def test_query_adapter_distillation_alone_teaches_the_teachers_ranking_of_the_wh
     teacher = load_model(parse_model_spec("minilm"), ModelOptions(**OPTIONS), EmbeddingCache(cache_file(tmp_path / "cache")))
     teacher.encode(texts, "document")
     assert teacher.last_stats.cached == len(texts) and teacher.last_stats.encoded == 0
+
+
+def test_query_adapter_sft_can_select_on_the_heldout_ndcg_over_every_judged_document(document_model, data_dir, tmp_path):
+    """select_on heldout_ndcg_at_10: the held-out queries are scored as the evaluation scores a task, and final is the
+    evaluation with the highest nDCG@10."""
+    from trainer.sft import frozen_documents, heldout_judgements, heldout_ndcg
+
+    cfg = query_sft_config(document_model, data_dir, tmp_path, select_on="heldout_ndcg_at_10", max_steps=8)
+    write_triples(tmp_path / "train.jsonl", keyword_pairs(["get {}", "{} wanted"]))
+    write_triples(tmp_path / "heldout.jsonl", keyword_pairs(["find {}"]))  # the keyword folder's own queries
+    summary = train_sft(cfg, show_progress=False)
+    with open(Path(cfg.output_dir) / "heldout_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    ndcg = {int(r["step"]): float(r["heldout_ndcg_at_10"]) for r in rows}
+    assert set(ndcg) == {0, 4, 8} and summary["selected_on"] == "heldout_ndcg_at_10"
+    assert summary["heldout_ndcg_at_10"]["best"] == max(ndcg[4], ndcg[8])
+    # step 0 is the document model's own queries, ranked by hand: one judged document each
+    task = load_beir_folder(tmp_path / "keywords")
+    plain = load_model(parse_model_spec(f"searchr3:{document_model}"), ModelOptions(**OPTIONS, dtype="float32"), None)
+    ids = list(task.corpus)
+    docs = plain.encode([document_text(task.corpus[d]) for d in ids], "document")
+    scores = plain.encode(list(task.queries.values()), "query") @ docs.T
+    gains = []
+    for n, qid in enumerate(task.queries):
+        (relevant,) = task.qrels[qid]
+        rank = 1 + int((scores[n] > scores[n, ids.index(relevant)]).sum())
+        gains.append(1 / np.log2(rank + 1) if rank <= 10 else 0.0)
+    assert ndcg[0] == pytest.approx(np.mean(gains), abs=1e-3)
+    # final is the selected step's adapter
+    final = Policy(summary["model"], max_length=200)
+    index = frozen_documents(cfg, final, show_progress=False)
+    judgements = heldout_judgements(cfg, keyword_pairs(["find {}"]), index)
+    assert len(judgements[0]) == len(WORDS)
+    assert heldout_ndcg(final, judgements, index) == pytest.approx(
+        summary["heldout_ndcg_at_10"]["best"], abs=1e-3)
+    # held-out queries the qrels do not judge cannot be scored
+    write_triples(tmp_path / "heldout.jsonl", keyword_pairs(["find the {}"]))
+    with pytest.raises(UserError, match="no held-out query of .* is judged"):
+        train_sft(replace(cfg, output_dir=str(tmp_path / "other")), show_progress=False)
 
 
 def test_query_adapter_needs_a_search_r3_model_lora_and_an_index(tiny_model_dir, document_model, data_dir, tmp_path):

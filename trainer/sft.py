@@ -15,6 +15,7 @@ from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_folder, atomic_write_json
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
+from searchr3_eval.metrics import evaluate
 from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder
 from trainer import collectives, sharding
 from trainer.config import SFTConfig
@@ -148,6 +149,41 @@ def heldout_infonce(policy: Policy, triples: list[Triple], temperature: float, b
     return sum(losses) / len(triples)
 
 
+Judgements = tuple[list[str], dict[str, dict[str, int]]]
+
+
+def heldout_judgements(cfg: SFTConfig, heldout: list[Triple], index: FrozenDocuments) -> Judgements:
+    """The held-out queries that ``index_dirs``' ``beir_split`` qrels judge, and every document they judge for each
+    (as index rows; a text two documents share keeps the higher grade), for the held-out nDCG@10."""
+    held, texts, qrels = {t.query for t in heldout}, [], {}
+    for folder in cfg.index_dirs:
+        task = load_beir_folder(Path(folder), cfg.beir_split)
+        for qid, text in task.queries.items():
+            if text not in held or not task.qrels.get(qid):
+                continue
+            if text not in texts:
+                texts.append(text)
+            judged = qrels.setdefault(str(texts.index(text)), {})
+            for doc_id, grade in task.qrels[qid].items():
+                row = str(index.row_of[document_text(task.corpus[doc_id])])
+                judged[row] = max(grade, judged.get(row, grade))
+    if not texts:
+        raise UserError(f"select_on heldout_ndcg_at_10: no held-out query of {cfg.eval_file} is judged in the "
+                        f"{cfg.beir_split} qrels of index_dirs")
+    return texts, qrels
+
+
+@torch.no_grad()
+def heldout_ndcg(policy: Policy, judgements: Judgements, index: FrozenDocuments, batch_size: int = 16) -> float:
+    """Mean nDCG@10 (pytrec_eval, as the evaluation computes it) of the held-out queries' direct embeddings against
+    the whole index, over every document judged for them."""
+    policy.model.eval()
+    texts, qrels = judgements
+    queries = torch.cat([policy.forward(policy.direct_sequences(texts[s : s + batch_size], "query")[0]).embeddings
+                         for s in range(0, len(texts), batch_size)])
+    return evaluate(qrels, index.top(queries)).scores["ndcg_at_10"]
+
+
 def frozen_documents(cfg: SFTConfig, policy: Policy, show_progress: bool) -> FrozenDocuments:
     """The frozen index of a query adapter's SFT: the corpora of ``index_dirs`` as the document model embeds them
     (and as the teacher does, when ``weights.distill`` is on)."""
@@ -243,11 +279,17 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         step = state["step"]
     # every process evaluates (the same pairs, so a sharded model runs the same layers on each); process 0 logs
     heldout = load_triples(cfg.eval_file) if cfg.eval_file else None
-    evals = CSVLog(out / "heldout_log.csv", ["step", "heldout_infonce"]) if heldout and main else None
+    judgements = None
+    if cfg.select_on == "heldout_ndcg_at_10":
+        if index is None or not heldout:
+            raise UserError("select_on heldout_ndcg_at_10 needs a query adapter (its frozen index) and an eval_file")
+        judgements = heldout_judgements(cfg, heldout, index)
+    measures = ["heldout_infonce"] + (["heldout_ndcg_at_10"] if judgements else [])
+    evals = CSVLog(out / "heldout_log.csv", ["step", *measures]) if heldout and main else None
     if heldout and not distributed.broadcast_from_main(evals is not None and bool(evals.rows())):
-        at_start = heldout_infonce(policy, heldout, cfg.temperature, index=index)
+        at_start = _heldout_measures(policy, heldout, cfg, index, judgements)
         if evals is not None:
-            evals.append({"step": 0, "heldout_infonce": at_start})
+            evals.append({"step": 0, **at_start})
     log = CSVLog(out / "loss_log.csv", COLUMNS) if main else None
     if log is not None:
         log.keep_steps_up_to(step)  # steps logged after the checkpoint run again
@@ -270,7 +312,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         if main:
             log.append({"step": step + 1, **sums, "tokens_per_second": tokens_per_second, **stepped})
         if heldout and ((step + 1) % (cfg.eval_every or total_steps) == 0 or step + 1 == total_steps):
-            _evaluate_and_keep_best(policy, heldout, cfg, step + 1, evals, out / "final", index)
+            _evaluate_and_keep_best(policy, heldout, cfg, step + 1, evals, out / "final", index, judgements)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             save_checkpoint(policy, optimizer, step + 1, checkpoint, run_state(cfg, scheduler))
         distributed.barrier()
@@ -282,23 +324,34 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
         return summary
     plot_log(log, out / "loss_plot.png")
     if evals is not None:
-        rows = [(int(r["step"]), float(r["heldout_infonce"])) for r in evals.rows()]
-        best = min(rows[1:], key=lambda r: r[1])
-        summary["heldout_infonce"] = {"at_start": rows[0][1], "at_end": rows[-1][1], "best": best[1], "best_step": best[0]}
+        for measure in measures:
+            rows = [(int(r["step"]), float(r[measure])) for r in evals.rows()]
+            best = (max if measure == "heldout_ndcg_at_10" else min)(rows[1:], key=lambda r: r[1])
+            summary[measure] = {"at_start": rows[0][1], "at_end": rows[-1][1], "best": best[1], "best_step": best[0]}
+        summary["selected_on"] = cfg.select_on
         atomic_write_json(out / "eval.json", summary)
     return summary
 
 
+def _heldout_measures(policy: Policy, heldout: list[Triple], cfg: SFTConfig, index: FrozenDocuments | None,
+                      judgements: Judgements | None) -> dict[str, float]:
+    measured = {"heldout_infonce": heldout_infonce(policy, heldout, cfg.temperature, index=index)}
+    if judgements:
+        measured["heldout_ndcg_at_10"] = heldout_ndcg(policy, judgements, index)
+    return measured
+
+
 def _evaluate_and_keep_best(policy: Policy, heldout: list[Triple], cfg: SFTConfig, step: int, evals: CSVLog | None,
-                            final: Path, index: FrozenDocuments | None) -> None:
-    """The held-out InfoNCE at ``step``, logged by process 0 (``evals``); the model is saved to ``final`` when it is
-    the lowest after step 0. Every process calls it."""
-    value = heldout_infonce(policy, heldout, cfg.temperature, index=index)
+                            final: Path, index: FrozenDocuments | None, judgements: Judgements | None) -> None:
+    """The held-out measures at ``step``, logged by process 0 (``evals``); the model is saved to ``final`` when its
+    ``select_on`` measure is the best after step 0 (the lowest InfoNCE, the highest nDCG). Every process calls it."""
+    measured = _heldout_measures(policy, heldout, cfg, index, judgements)
+    value, sign = measured[cfg.select_on], 1 if cfg.select_on == "heldout_ndcg_at_10" else -1
     best = None
     if evals is not None:
-        earlier = [float(r["heldout_infonce"]) for r in evals.rows() if int(r["step"]) not in (0, step)]
+        earlier = [float(r[cfg.select_on]) for r in evals.rows() if int(r["step"]) not in (0, step)]
         if not any(int(r["step"]) == step for r in evals.rows()):
-            evals.append({"step": step, "heldout_infonce": value})
-        best = not earlier or value < min(earlier) or not final.exists()
+            evals.append({"step": step, **measured})
+        best = not earlier or sign * value > max(sign * e for e in earlier) or not final.exists()
     if distributed.broadcast_from_main(best):
         policy.save(final)
