@@ -282,6 +282,17 @@ def test_the_teacher_query_configs_distil_over_the_corpora_of_their_train_querie
     # the heavier run changes only the teacher's weight and the length
     assert heavy.weights.distill > taught.weights.distill and heavy.epochs > taught.epochs
     assert {**vars(heavy), "output_dir": taught.output_dir, "weights": taught.weights, "epochs": taught.epochs} == vars(taught)
+    # the titles runs: the same recipe on data with the corpora's titles added, its held-out queries the same
+    titled_data = load_config(root / "trainer/configs/data_query_titles_smollm2.yaml", DataConfig)
+    assert titled_data.title_query_dirs == titled_data.beir_dirs == data.beir_dirs and not titled_data.case_documents
+    assert {**vars(titled_data), "output_dir": data.output_dir, "title_query_dirs": [], "case_fraction": 0.0,
+            "case_documents": True} == vars(data)
+    titles = load_config(root / "trainer/configs/query_sft_teacher_titles_smollm2.yaml", SFTConfig)
+    longer = load_config(root / "trainer/configs/query_sft_teacher_titles_ndcg_smollm2.yaml", SFTConfig)
+    assert titles.train_file == f"{titled_data.output_dir}/train.jsonl" and titles.weights == taught.weights
+    assert longer.select_on == "heldout_ndcg_at_10" and longer.epochs > titles.epochs
+    assert {**vars(longer), "output_dir": titles.output_dir, "epochs": titles.epochs, "select_on": titles.select_on,
+            "eval_every": titles.eval_every} == vars(titles)
 
 
 def test_an_analysis_that_writes_only_a_lead_and_the_direct_phrase_is_bare():
