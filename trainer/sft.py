@@ -26,6 +26,8 @@ from trainer.losses import answer_cross_entropy, info_nce, require_finite, score
 from trainer.modeling import Policy
 from trainer.optim import check_resumed_config, clip_and_step, config_state, make_optimizer
 
+# the held-out measures: +1 where higher is better, -1 where lower is
+HELDOUT_SIGN = {"heldout_infonce": -1, "heldout_ndcg_at_10": 1}
 COLUMNS = ["step", "total", "sft", "kl", "infonce", "triplet", "distill", "tokens_per_second", "lr", "grad_norm"]
 
 
@@ -155,33 +157,28 @@ Judgements = tuple[list[str], dict[str, dict[str, int]]]
 def heldout_judgements(cfg: SFTConfig, heldout: list[Triple], index: FrozenDocuments) -> Judgements:
     """The held-out queries that ``index_dirs``' ``beir_split`` qrels judge, and every document they judge for each
     (as index rows; a text two documents share keeps the higher grade), for the held-out nDCG@10."""
-    held, texts, qrels = {t.query for t in heldout}, [], {}
+    held, position, qrels = {t.query for t in heldout}, {}, {}
     for folder in cfg.index_dirs:
         task = load_beir_folder(Path(folder), cfg.beir_split)
         for qid, text in task.queries.items():
             if text not in held or not task.qrels.get(qid):
                 continue
-            if text not in texts:
-                texts.append(text)
-            judged = qrels.setdefault(str(texts.index(text)), {})
+            judged = qrels.setdefault(position.setdefault(text, str(len(position))), {})
             for doc_id, grade in task.qrels[qid].items():
                 row = str(index.row_of[document_text(task.corpus[doc_id])])
                 judged[row] = max(grade, judged.get(row, grade))
-    if not texts:
+    if not position:
         raise UserError(f"select_on heldout_ndcg_at_10: no held-out query of {cfg.eval_file} is judged in the "
                         f"{cfg.beir_split} qrels of index_dirs")
-    return texts, qrels
+    return list(position), qrels
 
 
 @torch.no_grad()
-def heldout_ndcg(policy: Policy, judgements: Judgements, index: FrozenDocuments, batch_size: int = 16) -> float:
+def heldout_ndcg(policy: Policy, judgements: Judgements, index: FrozenDocuments) -> float:
     """Mean nDCG@10 (pytrec_eval, as the evaluation computes it) of the held-out queries' direct embeddings against
     the whole index, over every document judged for them."""
-    policy.model.eval()
     texts, qrels = judgements
-    queries = torch.cat([policy.forward(policy.direct_sequences(texts[s : s + batch_size], "query")[0]).embeddings
-                         for s in range(0, len(texts), batch_size)])
-    return evaluate(qrels, index.top(queries)).scores["ndcg_at_10"]
+    return evaluate(qrels, index.top(policy.embed(texts, "query"))).scores["ndcg_at_10"]
 
 
 def frozen_documents(cfg: SFTConfig, policy: Policy, show_progress: bool) -> FrozenDocuments:
@@ -326,7 +323,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     if evals is not None:
         for measure in measures:
             rows = [(int(r["step"]), float(r[measure])) for r in evals.rows()]
-            best = (max if measure == "heldout_ndcg_at_10" else min)(rows[1:], key=lambda r: r[1])
+            best = max(rows[1:], key=lambda r: HELDOUT_SIGN[measure] * r[1])
             summary[measure] = {"at_start": rows[0][1], "at_end": rows[-1][1], "best": best[1], "best_step": best[0]}
         summary["selected_on"] = cfg.select_on
         atomic_write_json(out / "eval.json", summary)
@@ -346,7 +343,7 @@ def _evaluate_and_keep_best(policy: Policy, heldout: list[Triple], cfg: SFTConfi
     """The held-out measures at ``step``, logged by process 0 (``evals``); the model is saved to ``final`` when its
     ``select_on`` measure is the best after step 0 (the lowest InfoNCE, the highest nDCG). Every process calls it."""
     measured = _heldout_measures(policy, heldout, cfg, index, judgements)
-    value, sign = measured[cfg.select_on], 1 if cfg.select_on == "heldout_ndcg_at_10" else -1
+    value, sign = measured[cfg.select_on], HELDOUT_SIGN[cfg.select_on]
     best = None
     if evals is not None:
         earlier = [float(r[cfg.select_on]) for r in evals.rows() if int(r["step"]) not in (0, step)]
