@@ -615,6 +615,20 @@ def test_training_data_adds_each_titled_document_as_its_own_titles_query_to_trai
     assert all(t.positive in by_title[t.query] and not t.negatives for t in added)
     assert len(added) == sum(len(texts) for title, texts in by_title.items() if title.strip())
     assert summary["train"] == len(read["plain"][0]) + len(added)
+    # the held-out queries as a BEIR task with every document their train qrels judge, as the runner loads one
+    from trainer.prepare import write_heldout_task
+
+    counts = write_heldout_task(plain, tmp_path / "tasks" / "heldout")
+    task, source = load_task("heldout", tmp_path / "tasks"), load_task("scifact", shared_beir, split="train")
+    held = {t.query for t in read["plain"][1]}
+    assert set(task.queries.values()) == held and counts["queries"] == len(held) > 50
+    assert len(task.corpus) == counts["documents"] == len(source.corpus)
+    text_id = {text: qid for qid, text in source.queries.items()}
+    assert task.qrels == {f"scifact/{text_id[text]}": {f"scifact/{d}": g for d, g in source.qrels[text_id[text]].items()}
+                          for text in held}
+    for t in read["plain"][1]:  # each sampled positive is among its query's judged documents
+        (qid,) = [q for q, text in task.queries.items() if text == t.query]
+        assert t.positive in {document_text(task.corpus[d]) for d in task.qrels[qid]}
 
 
 def test_rl_over_a_beir_corpus_caches_only_the_documents_lower_layers(tiny_model_dir, data_dir, tmp_path):

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from searchr3_eval.data import RetrievalTask, document_text
+from searchr3_eval.data import RetrievalTask, document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.bm25 import BM25Retriever
 
@@ -87,3 +87,13 @@ def case_variants(triples: list[Triple], fraction: float, rng: random.Random, do
         copies.append(Triple(t.query.upper(), t.positive.upper() if documents_too else t.positive,
                              [n.upper() for n in t.negatives] if documents_too else t.negatives, t.analysis))
     return copies
+
+
+def judged_heldout(folders: list[str], split: str, heldout: set[str]) -> list[tuple[Path, RetrievalTask, list[str]]]:
+    """Each BEIR folder's ``split`` task with the ids of its queries whose text is in ``heldout`` and that its qrels
+    judge: what model selection scores on every document judged for them, not only the sampled positives."""
+    found = []
+    for folder in map(Path, folders):
+        task = load_beir_folder(folder, split)
+        found.append((folder, task, [q for q, text in task.queries.items() if text in heldout and task.qrels.get(q)]))
+    return found

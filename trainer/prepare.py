@@ -2,15 +2,16 @@
 source split by distinct query into train and a held-out slice for model selection."""
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
 
-from searchr3_eval.atomic import atomic_write, atomic_write_json
+from searchr3_eval.atomic import atomic_write, atomic_write_folder, atomic_write_json
 from searchr3_eval.data import RetrievalTask, document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from trainer.config import DataConfig
-from trainer.data import Triple, case_variants, load_triples, mine_bm25_triples, write_triples
+from trainer.data import Triple, case_variants, judged_heldout, load_triples, mine_bm25_triples, write_triples
 
 
 def held_out_queries(triples: list[Triple], fraction: float, rng: random.Random) -> set[str]:
@@ -66,3 +67,30 @@ def prepare_data(cfg: DataConfig) -> dict:
     summary = {"train": len(train), "heldout": len(heldout), "case_copies": len(case_copies), "sources": counts}
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def write_heldout_task(cfg: DataConfig, target: Path) -> dict[str, int]:
+    """``cfg``'s held-out queries as a BEIR folder at ``target`` (replaced atomically), to score model selection as the
+    evaluation scores a test split: every document the ``beir_split`` qrels judge for them (not only the sampled
+    positives) against the whole corpora of ``beir_dirs``, ids prefixed with their folder's name. The qrels file is
+    ``test.tsv`` (the split a local folder is scored on) and holds the train judgements. Returns what it holds."""
+    heldout = Path(cfg.output_dir) / "heldout.jsonl"
+    if not heldout.is_file():
+        raise UserError(f"{heldout} is missing: run `searchr3-eval train data --config ...` first")
+    corpus, queries, qrels = [], [], []
+    for folder, task, qids in judged_heldout(cfg.beir_dirs, cfg.beir_split, {t.query for t in load_triples(heldout)}):
+        corpus += [{"_id": f"{folder.name}/{d}", "title": doc.get("title", ""), "text": doc["text"]}
+                   for d, doc in task.corpus.items()]
+        for qid in qids:
+            queries.append({"_id": f"{folder.name}/{qid}", "text": task.queries[qid]})
+            qrels += [f"{folder.name}/{qid}\t{folder.name}/{d}\t{grade}" for d, grade in task.qrels[qid].items()]
+
+    def write(tmp: Path) -> None:
+        (tmp / "qrels").mkdir()
+        for name, rows in (("corpus", corpus), ("queries", queries)):
+            (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        (tmp / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(q + "\n" for q in qrels),
+                                              encoding="utf-8")
+
+    atomic_write_folder(target, write)
+    return {"documents": len(corpus), "queries": len(queries), "judgements": len(qrels)}

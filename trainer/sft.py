@@ -19,7 +19,7 @@ from searchr3_eval.metrics import evaluate
 from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder
 from trainer import collectives, sharding
 from trainer.config import SFTConfig
-from trainer.data import Triple, load_triples, mine_bm25_triples
+from trainer.data import Triple, judged_heldout, load_triples, mine_bm25_triples
 from trainer.frozen_index import FrozenDocuments, document_embeddings
 from trainer.logging_utils import CSVLog, plot_log
 from trainer.losses import answer_cross_entropy, info_nce, require_finite, score_distillation, token_kl, triplet
@@ -157,13 +157,10 @@ Judgements = tuple[list[str], dict[str, dict[str, int]]]
 def heldout_judgements(cfg: SFTConfig, heldout: list[Triple], index: FrozenDocuments) -> Judgements:
     """The held-out queries that ``index_dirs``' ``beir_split`` qrels judge, and every document they judge for each
     (as index rows; a text two documents share keeps the higher grade), for the held-out nDCG@10."""
-    held, position, qrels = {t.query for t in heldout}, {}, {}
-    for folder in cfg.index_dirs:
-        task = load_beir_folder(Path(folder), cfg.beir_split)
-        for qid, text in task.queries.items():
-            if text not in held or not task.qrels.get(qid):
-                continue
-            judged = qrels.setdefault(position.setdefault(text, str(len(position))), {})
+    position, qrels = {}, {}
+    for _, task, qids in judged_heldout(cfg.index_dirs, cfg.beir_split, {t.query for t in heldout}):
+        for qid in qids:
+            judged = qrels.setdefault(position.setdefault(task.queries[qid], str(len(position))), {})
             for doc_id, grade in task.qrels[qid].items():
                 row = str(index.row_of[document_text(task.corpus[doc_id])])
                 judged[row] = max(grade, judged.get(row, grade))
