@@ -165,6 +165,40 @@ def test_query_adapter_sft_can_select_on_the_heldout_ndcg_over_every_judged_docu
         train_sft(replace(cfg, output_dir=str(tmp_path / "other")), show_progress=False)
 
 
+def test_masking_a_querys_other_judged_documents_takes_them_out_of_its_infonce_negatives():
+    from trainer.frozen_index import FrozenDocuments
+
+    generator = torch.Generator().manual_seed(0)
+    documents = torch.nn.functional.normalize(torch.randn(6, 4, generator=generator), dim=-1)
+    index = FrozenDocuments([f"d{i}" for i in range(6)], documents.numpy())
+    queries, rows = torch.randn(2, 4, generator=generator), torch.tensor([0, 3])
+    plain = index.info_nce(queries, rows, 0.5, ["a", "b"])
+    index.judged = {"a": {0, 2, 5}}  # query "a" is judged on three documents; its positive stays, 2 and 5 go
+    logits = torch.nn.functional.normalize(queries, dim=-1) @ documents.T / 0.5
+    kept = [0, 1, 3, 4]
+    by_hand = (-(logits[0, 0] - logits[0, kept].logsumexp(0)) - (logits[1, 3] - logits[1].logsumexp(0))) / 2
+    assert index.info_nce(queries, rows, 0.5, ["a", "b"]) == pytest.approx(by_hand.item(), abs=1e-5)
+    assert index.info_nce(queries, rows, 0.5, ["a", "b"]) < plain
+    assert index.info_nce(queries, rows, 0.5) == pytest.approx(plain.item())  # the held-out loss stays unmasked
+
+
+def test_query_adapter_sft_masks_the_judged_documents_its_qrels_name(document_model, data_dir, tmp_path):
+    cfg = query_sft_config(document_model, data_dir, tmp_path, max_steps=1, eval_file=None, eval_every=None,
+                           reasoning=False)
+    qrels = tmp_path / "keywords" / "qrels" / "test.tsv"  # each word's query also judges the next word's document
+    qrels.write_text(qrels.read_text() + "".join(f"q{i}\td{i + 1}\t1\n" for i in range(len(WORDS) - 1)))
+    write_triples(tmp_path / "train.jsonl", keyword_pairs(["find {}"]))  # the folder's own, judged, queries
+
+    def first_infonce(name: str, mask: bool) -> float:
+        train_sft(replace(cfg, output_dir=str(tmp_path / name), mask_judged=mask), show_progress=False)
+        with open(tmp_path / name / "loss_log.csv") as f:
+            return float(next(csv.DictReader(f))["infonce"])
+
+    assert first_infonce("masked", True) < first_infonce("plain", False)
+    with pytest.raises(UserError, match="mask_judged needs a query adapter"):
+        train_sft(replace(cfg, query_adapter=False, mask_judged=True, output_dir=str(tmp_path / "no")), show_progress=False)
+
+
 def test_query_adapter_needs_a_search_r3_model_lora_and_an_index(tiny_model_dir, document_model, data_dir, tmp_path):
     with pytest.raises(UserError, match="not a Search-R3 model"):
         Policy(str(tiny_model_dir), lora=True, query_adapter=True)

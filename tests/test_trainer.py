@@ -138,6 +138,18 @@ def test_sft_schedule_and_clipping_are_logged_resume_exactly_and_an_edited_confi
     assert len(log("resumed")) == 12
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_only_at_its_default(tmp_path):
+    from dataclasses import replace
+
+    from trainer.optim import check_resumed_config, config_state
+
+    cfg = SFTConfig(model="m", output_dir=str(tmp_path))
+    older = {k: v for k, v in config_state(cfg).items() if k != "mask_judged"}  # written before mask_judged existed
+    check_resumed_config(older, cfg, "checkpoint")
+    with pytest.raises(UserError, match=r"another config \(mask_judged: False -> True\)"):
+        check_resumed_config(older, replace(cfg, mask_judged=True), "checkpoint")
+
+
 def test_a_continuation_with_skip_batches_trains_on_the_rest_of_the_epoch(tiny_model_dir, tmp_path, monkeypatch):
     import trainer.sft as sft
 

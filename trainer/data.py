@@ -89,11 +89,11 @@ def case_variants(triples: list[Triple], fraction: float, rng: random.Random, do
     return copies
 
 
-def judged_heldout(folders: list[str], split: str, heldout: set[str]) -> list[tuple[Path, RetrievalTask, list[str]]]:
-    """Each BEIR folder's ``split`` task with the ids of its queries whose text is in ``heldout`` and that its qrels
-    judge: what model selection scores on every document judged for them, not only the sampled positives."""
+def judged_queries(folders: list[str], split: str, texts: set[str]) -> list[tuple[Path, RetrievalTask, list[str]]]:
+    """Each BEIR folder's ``split`` task with the ids of its queries whose text is in ``texts`` and that its qrels
+    judge: every document judged for a training or held-out query, not only the positives sampled into triples."""
     found = []
     for folder in map(Path, folders):
         task = load_beir_folder(folder, split)
-        found.append((folder, task, [q for q, text in task.queries.items() if text in heldout and task.qrels.get(q)]))
+        found.append((folder, task, [q for q, text in task.queries.items() if text in texts and task.qrels.get(q)]))
     return found

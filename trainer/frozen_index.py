@@ -41,6 +41,8 @@ class FrozenDocuments:
     def __init__(self, texts: list[str], embeddings: np.ndarray, device: torch.device | str = "cpu",
                  teacher_embeddings: np.ndarray | None = None):
         self.row_of = {text: row for row, text in enumerate(texts)}
+        # query text -> rows of the documents judged relevant to it; set to take them out of its InfoNCE's negatives
+        self.judged: dict[str, set[int]] = {}
         self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings)).to(device)
         self.teacher_embeddings = None if teacher_embeddings is None else torch.from_numpy(
             np.ascontiguousarray(teacher_embeddings)).to(device)
@@ -52,8 +54,16 @@ class FrozenDocuments:
             raise UserError(f"{where}: {missing} positive(s) are not documents of the frozen index (index_dirs)")
         return torch.tensor([self.row_of[p] for p in positives], dtype=torch.long, device=self.embeddings.device)
 
-    def info_nce(self, queries: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
-        return corpus_info_nce(queries, self.embeddings, rows, temperature)
+    def info_nce(self, queries: torch.Tensor, rows: torch.Tensor, temperature: float,
+                 texts: list[str] | None = None) -> torch.Tensor:
+        """InfoNCE against the whole corpus; with the queries' ``texts``, each query's other ``judged`` documents are
+        not among its negatives (a relevant document nobody sampled is not pushed away)."""
+        masked = None
+        if texts is not None and self.judged:
+            pairs = [(q, r) for q, (text, own) in enumerate(zip(texts, rows.tolist()))
+                     for r in self.judged.get(text, ()) if r != own]
+            masked = torch.tensor(pairs, dtype=torch.long, device=rows.device).reshape(-1, 2)
+        return corpus_info_nce(queries, self.embeddings, rows, temperature, masked)
 
     def top(self, queries: torch.Tensor, k: int = 100) -> dict[str, dict[str, float]]:
         """The ``k`` best-scored rows of each query, as a pytrec_eval run keyed by query and row position."""
@@ -68,7 +78,11 @@ class FrozenDocuments:
                                   temperature, teacher_temperature)
 
 
-def corpus_info_nce(queries: torch.Tensor, documents: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Cosine InfoNCE of each query against every document of the corpus ([N, H], unit rows); its positive at ``rows``."""
+def corpus_info_nce(queries: torch.Tensor, documents: torch.Tensor, rows: torch.Tensor, temperature: float,
+                    masked: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine InfoNCE of each query against every document of the corpus ([N, H], unit rows); its positive at ``rows``;
+    ``masked`` (query, row) pairs are left out of the softmax."""
     logits = F.normalize(queries.float(), dim=-1) @ documents.T / temperature
+    if masked is not None and len(masked):
+        logits = logits.index_put((masked[:, 0], masked[:, 1]), torch.tensor(float("-inf"), device=logits.device))
     return F.cross_entropy(logits, rows)

@@ -3,7 +3,7 @@ resumed run has the config its checkpoint was written with (nanoGPT keeps its co
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from typing import Any
 
 import torch
@@ -41,13 +41,25 @@ def config_state(cfg: RunConfig) -> dict[str, Any]:
     return asdict(cfg)
 
 
+def _defaults(cfg: RunConfig) -> dict[str, Any]:
+    """Each setting's default, as ``config_state`` writes it."""
+    found = {}
+    for f in fields(cfg):
+        if f.default is not MISSING or f.default_factory is not MISSING:
+            value = f.default if f.default is not MISSING else f.default_factory()
+            found[f.name] = asdict(value) if is_dataclass(value) else value
+    return found
+
+
 def check_resumed_config(saved: dict[str, Any] | None, cfg: RunConfig, where: str) -> None:
     """Refuse to resume a checkpoint under a config that changes the run (say what changed); changes in length and
-    bookkeeping are logged. A checkpoint written before configs were kept resumes as it is."""
+    bookkeeping are logged. A checkpoint written before configs were kept resumes as it is; one written before a
+    setting existed resumes where that setting has its default (the run it made)."""
     if saved is None:
         log.warning("%s holds no config (written by an older version); resuming without checking it", where)
         return
     current = config_state(cfg)
+    saved = _defaults(cfg) | saved
     changed = {k for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
     if changed - RESUMABLE_CHANGES:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(changed - RESUMABLE_CHANGES))

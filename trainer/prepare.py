@@ -11,7 +11,7 @@ from searchr3_eval.atomic import atomic_write, atomic_write_folder, atomic_write
 from searchr3_eval.data import RetrievalTask, document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from trainer.config import DataConfig
-from trainer.data import Triple, case_variants, judged_heldout, load_triples, mine_bm25_triples, write_triples
+from trainer.data import Triple, case_variants, judged_queries, load_triples, mine_bm25_triples, write_triples
 
 
 def held_out_queries(triples: list[Triple], fraction: float, rng: random.Random) -> set[str]:
@@ -78,7 +78,7 @@ def write_heldout_task(cfg: DataConfig, target: Path) -> dict[str, int]:
     if not heldout.is_file():
         raise UserError(f"{heldout} is missing: run `searchr3-eval train data --config ...` first")
     corpus, queries, qrels = [], [], []
-    for folder, task, qids in judged_heldout(cfg.beir_dirs, cfg.beir_split, {t.query for t in load_triples(heldout)}):
+    for folder, task, qids in judged_queries(cfg.beir_dirs, cfg.beir_split, {t.query for t in load_triples(heldout)}):
         corpus += [{"_id": f"{folder.name}/{d}", "title": doc.get("title", ""), "text": doc["text"]}
                    for d, doc in task.corpus.items()]
         for qid in qids:

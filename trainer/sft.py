@@ -19,7 +19,7 @@ from searchr3_eval.metrics import evaluate
 from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder
 from trainer import collectives, sharding
 from trainer.config import SFTConfig
-from trainer.data import Triple, judged_heldout, load_triples, mine_bm25_triples
+from trainer.data import Triple, judged_queries, load_triples, mine_bm25_triples
 from trainer.frozen_index import FrozenDocuments, document_embeddings
 from trainer.logging_utils import CSVLog, plot_log
 from trainer.losses import answer_cross_entropy, info_nce, require_finite, score_distillation, token_kl, triplet
@@ -87,7 +87,8 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig, index: Froze
     terms = {"sft": answer_cross_entropy(logprobs, targets) if len(targets) else logprobs.sum(), "kl": kl}
     if index is not None:
         positive_rows = index.rows([t.positive for t in batch], "sft batch")
-        terms |= {"infonce": sum(index.info_nce(v, positive_rows, cfg.temperature) for v in views) / len(views),
+        texts = [t.query for t in batch]
+        terms |= {"infonce": sum(index.info_nce(v, positive_rows, cfg.temperature, texts) for v in views) / len(views),
                   "triplet": torch.zeros_like(kl)}
         if teacher is not None:
             t_queries = _teacher_rows(teacher, [t.query for t in batch], "query", queries)
@@ -154,20 +155,27 @@ def heldout_infonce(policy: Policy, triples: list[Triple], temperature: float, b
 Judgements = tuple[list[str], dict[str, dict[str, int]]]
 
 
-def heldout_judgements(cfg: SFTConfig, heldout: list[Triple], index: FrozenDocuments) -> Judgements:
-    """The held-out queries that ``index_dirs``' ``beir_split`` qrels judge, and every document they judge for each
-    (as index rows; a text two documents share keeps the higher grade), for the held-out nDCG@10."""
-    position, qrels = {}, {}
-    for _, task, qids in judged_heldout(cfg.index_dirs, cfg.beir_split, {t.query for t in heldout}):
+def index_judgements(cfg: SFTConfig, queries: set[str], index: FrozenDocuments) -> dict[str, dict[str, int]]:
+    """Every document that ``index_dirs``' ``beir_split`` qrels judge for each of the ``queries`` they judge, as index
+    rows (a text two documents share keeps the higher grade)."""
+    judged = {}
+    for _, task, qids in judged_queries(cfg.index_dirs, cfg.beir_split, queries):
         for qid in qids:
-            judged = qrels.setdefault(position.setdefault(task.queries[qid], str(len(position))), {})
+            rows = judged.setdefault(task.queries[qid], {})
             for doc_id, grade in task.qrels[qid].items():
                 row = str(index.row_of[document_text(task.corpus[doc_id])])
-                judged[row] = max(grade, judged.get(row, grade))
-    if not position:
+                rows[row] = max(grade, rows.get(row, grade))
+    return judged
+
+
+def heldout_judgements(cfg: SFTConfig, heldout: list[Triple], index: FrozenDocuments) -> Judgements:
+    """The held-out queries that the qrels judge, and their judged rows keyed by query position, for the held-out
+    nDCG@10."""
+    judged = index_judgements(cfg, {t.query for t in heldout}, index)
+    if not judged:
         raise UserError(f"select_on heldout_ndcg_at_10: no held-out query of {cfg.eval_file} is judged in the "
                         f"{cfg.beir_split} qrels of index_dirs")
-    return list(position), qrels
+    return list(judged), {str(n): rows for n, rows in enumerate(judged.values())}
 
 
 @torch.no_grad()
@@ -260,6 +268,11 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     policy = Policy.from_config(cfg)
     teacher = load_teacher(cfg)
     index = frozen_documents(cfg, policy, show_progress) if policy.query_adapter else None
+    if cfg.mask_judged:
+        if index is None:
+            raise UserError("mask_judged needs a query adapter (its frozen index and index_dirs' qrels)")
+        index.judged = {text: {int(r) for r, grade in rows.items() if grade > 0}
+                        for text, rows in index_judgements(cfg, {t.query for t in triples}, index).items()}
     if plugin is not None:
         policy.shard(plugin)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
