@@ -91,7 +91,7 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig, index: Froze
         terms |= {"infonce": sum(index.info_nce(v, positive_rows, cfg.temperature, texts) for v in views) / len(views),
                   "triplet": torch.zeros_like(kl)}
         if teacher is not None:
-            t_queries = _teacher_rows(teacher, [t.query for t in batch], "query", queries)
+            t_queries = _teacher_rows(teacher, texts, "query", queries)
             terms["distill"] = sum(index.distillation(v, t_queries, cfg.temperature, cfg.teacher_temperature)
                                    for v in views) / len(views)
     else:
