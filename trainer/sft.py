@@ -155,7 +155,7 @@ def heldout_infonce(policy: Policy, triples: list[Triple], temperature: float, b
 Judgements = tuple[list[str], dict[str, dict[str, int]]]
 
 
-def index_judgements(cfg: SFTConfig, queries: set[str], index: FrozenDocuments) -> dict[str, dict[str, int]]:
+def index_judgements(cfg: SFTConfig, queries: set[str], index: FrozenDocuments) -> dict[str, dict[int, int]]:
     """Every document that ``index_dirs``' ``beir_split`` qrels judge for each of the ``queries`` they judge, as index
     rows (a text two documents share keeps the higher grade)."""
     judged = {}
@@ -163,19 +163,20 @@ def index_judgements(cfg: SFTConfig, queries: set[str], index: FrozenDocuments) 
         for qid in qids:
             rows = judged.setdefault(task.queries[qid], {})
             for doc_id, grade in task.qrels[qid].items():
-                row = str(index.row_of[document_text(task.corpus[doc_id])])
+                row = index.row_of[document_text(task.corpus[doc_id])]
                 rows[row] = max(grade, rows.get(row, grade))
     return judged
 
 
 def heldout_judgements(cfg: SFTConfig, heldout: list[Triple], index: FrozenDocuments) -> Judgements:
-    """The held-out queries that the qrels judge, and their judged rows keyed by query position, for the held-out
-    nDCG@10."""
+    """The held-out queries that the qrels judge, and their judged rows keyed by query position (pytrec_eval's string
+    ids, as ``FrozenDocuments.top`` names them), for the held-out nDCG@10."""
     judged = index_judgements(cfg, {t.query for t in heldout}, index)
     if not judged:
         raise UserError(f"select_on heldout_ndcg_at_10: no held-out query of {cfg.eval_file} is judged in the "
                         f"{cfg.beir_split} qrels of index_dirs")
-    return list(judged), {str(n): rows for n, rows in enumerate(judged.values())}
+    qrels = {str(n): {str(row): grade for row, grade in rows.items()} for n, rows in enumerate(judged.values())}
+    return list(judged), qrels
 
 
 @torch.no_grad()
@@ -271,7 +272,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     if cfg.mask_judged:
         if index is None:
             raise UserError("mask_judged needs a query adapter (its frozen index and index_dirs' qrels)")
-        index.judged = {text: {int(r) for r, grade in rows.items() if grade > 0}
+        index.judged = {text: {row for row, grade in rows.items() if grade > 0}
                         for text, rows in index_judgements(cfg, {t.query for t in triples}, index).items()}
     if plugin is not None:
         policy.shard(plugin)
