@@ -126,6 +126,65 @@ def test_query_adapter_distillation_alone_teaches_the_teachers_ranking_of_the_wh
     assert teacher.last_stats.cached == len(texts) and teacher.last_stats.encoded == 0
 
 
+def test_query_adapter_distillation_from_bm25_alone_teaches_its_ranking(document_model, data_dir, tmp_path):
+    """teacher_bm25: 1 distils the BM25 baseline's scores of every document (no label is used); the summary and the
+    sweep give the teacher's own held-out nDCG@10. The share needs the distillation term and a query adapter."""
+    from trainer.sft import teacher_bm25_sweep
+
+    cfg = query_sft_config(document_model, data_dir, tmp_path, reasoning=False, teacher="minilm", teacher_bm25=1.0,
+                           select_on="heldout_ndcg_at_10",
+                           weights=LossWeights(sft=0.0, kl=0.0, infonce=0.0, triplet=0.0, distill=1.0))
+    write_triples(tmp_path / "heldout.jsonl", keyword_pairs(["find {}"]))  # the keyword folder's own, judged, queries
+    summary = train_sft(cfg, show_progress=False)
+    held = summary["heldout_infonce"]
+    assert held["best"] < held["at_start"] - 0.1, held
+    # each query names its document's one distinctive word: BM25 ranks every judged document first
+    assert summary["teacher_heldout_ndcg_at_10"] == pytest.approx(1.0)
+    sweep = teacher_bm25_sweep(cfg, [0.0, 1.0], show_progress=False)
+    assert sweep[1.0] == pytest.approx(1.0) and 0 < sweep[0.0] <= 1
+    with pytest.raises(UserError, match="teacher_bm25 -0.5 is not a share"):
+        teacher_bm25_sweep(cfg, [-0.5], show_progress=False)
+    with pytest.raises(UserError, match="teacher_bm25 is a share of the teacher's scores"):
+        train_sft(replace(cfg, weights=LossWeights(), output_dir=str(tmp_path / "no")), show_progress=False)
+    with pytest.raises(UserError, match="teacher_bm25 needs a query adapter"):
+        train_sft(replace(cfg, model=str(document_model), query_adapter=False, output_dir=str(tmp_path / "no")),
+                  show_progress=False)
+
+
+def test_a_hybrid_teacher_sums_min_max_normalised_teacher_cosines_and_bm25_scores():
+    """teacher_bm25 = w: each query's teacher scores over the whole index are (1 - w) min-max(cosines) + w min-max(BM25),
+    fusion:linear's sum; at 0 the cosines stay as they are, at 1 the teacher ranks as the BM25 baseline does."""
+    from searchr3_eval.data import DEFAULT_TASK, load_task
+    from searchr3_eval.models.bm25 import BM25Retriever, bm25_index, bm25_scores
+    from trainer.frozen_index import FrozenDocuments
+
+    task = load_task(DEFAULT_TASK)
+    doc_ids, query_ids = list(task.corpus), list(task.queries)[:20]
+    texts, queries = [document_text(task.corpus[d]) for d in doc_ids], [task.queries[q] for q in query_ids]
+    generator = torch.Generator().manual_seed(0)
+    documents = torch.nn.functional.normalize(torch.randn(len(texts), 8, generator=generator), dim=-1).numpy()
+    teacher_documents, teacher_queries = torch.randn(len(texts), 6, generator=generator), torch.randn(20, 6, generator=generator)
+    cosines = (torch.nn.functional.normalize(teacher_queries, dim=-1)
+               @ torch.nn.functional.normalize(teacher_documents, dim=-1).T).numpy()
+    plain = FrozenDocuments(texts, documents, teacher_embeddings=teacher_documents.numpy())
+    assert plain.lexical is None
+    np.testing.assert_allclose(plain.teacher_logits(teacher_queries, queries, 0.05).numpy(), cosines / 0.05, rtol=1e-5)
+
+    lexical = FrozenDocuments(texts, documents, teacher_embeddings=teacher_documents.numpy(), teacher_bm25=1.0)
+    ranked = lexical.teacher_logits(teacher_queries, queries, 1.0).topk(5).indices
+    run = BM25Retriever(show_progress=False).search(replace(task, queries={q: task.queries[q] for q in query_ids}), 5)
+    assert [[doc_ids[r] for r in rows] for rows in ranked.tolist()] == [list(run[q]) for q in query_ids]
+
+    def by_hand(scores: np.ndarray) -> np.ndarray:
+        low, high = scores.min(1, keepdims=True), scores.max(1, keepdims=True)
+        return (scores - low) / (high - low)
+
+    bm25 = by_hand(bm25_scores(bm25_index(texts), queries))
+    hybrid = FrozenDocuments(texts, documents, teacher_embeddings=teacher_documents.numpy(), teacher_bm25=0.3)
+    np.testing.assert_allclose(hybrid.teacher_logits(teacher_queries, queries, 0.4).numpy(),
+                               (0.7 * by_hand(cosines) + 0.3 * bm25) / 0.4, rtol=1e-4, atol=1e-5)
+
+
 def test_query_adapter_sft_can_select_on_the_heldout_ndcg_over_every_judged_document(document_model, data_dir, tmp_path):
     """select_on heldout_ndcg_at_10: the held-out queries are scored as the evaluation scores a task, and final is the
     evaluation with the highest nDCG@10."""
@@ -327,6 +386,13 @@ def test_the_teacher_query_configs_distil_over_the_corpora_of_their_train_querie
     assert longer.select_on == "heldout_ndcg_at_10" and longer.epochs > titles.epochs
     assert {**vars(longer), "output_dir": titles.output_dir, "epochs": titles.epochs, "select_on": titles.select_on,
             "eval_every": titles.eval_every} == vars(titles)
+    # the levers over the shipped 16-layer recipe: one setting each
+    layers16 = load_config(root / "trainer/configs/query_sft_teacher_titles_layers16_smollm2.yaml", SFTConfig)
+    layers30 = load_config(root / "trainer/configs/query_sft_teacher_titles_layers30_smollm2.yaml", SFTConfig)
+    hybrid = load_config(root / "trainer/configs/query_sft_teacher_hybrid_layers16_smollm2.yaml", SFTConfig)
+    assert (layers16.train_layers, layers30.train_layers, hybrid.teacher_bm25, layers16.teacher_bm25) == (16, 30, 0.3, 0)
+    for lever in (layers30, hybrid):
+        assert {**vars(lever), "output_dir": layers16.output_dir, "train_layers": 16, "teacher_bm25": 0.0} == vars(layers16)
 
 
 def test_an_analysis_that_writes_only_a_lead_and_the_direct_phrase_is_bare():

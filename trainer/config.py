@@ -122,6 +122,9 @@ class SFTConfig(RunConfig):
     # student's distribution learns
     teacher: str | None = None
     teacher_temperature: float = setting(0.05, above=0)  # the teacher's cosine scores are divided by it
+    # a query adapter's teacher: the share of BM25 in a hybrid teacher, per query (1 - w) * min-max(teacher cosines)
+    # + w * min-max(BM25 scores) over the whole index (fusion:linear); 0: the teacher's cosines as they are
+    teacher_bm25: float = setting(0.0, at_least=0, at_most=1)
 
 
 @dataclass(kw_only=True)

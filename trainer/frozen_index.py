@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from searchr3_eval import distributed
 from searchr3_eval.cache import EmbeddingCache, cache_file
 from searchr3_eval.errors import UserError
+from searchr3_eval.metrics import Run
 from searchr3_eval.models import ModelOptions, load_model, parse_model_spec
-from trainer.losses import score_distillation
+from searchr3_eval.models.bm25 import bm25_index, bm25_scores
+from trainer.losses import logit_distillation, min_max
 
 
 def document_embeddings(model: str, texts: list[str], cache_dir: str | None = None,
@@ -36,16 +38,19 @@ def document_embeddings(model: str, texts: list[str], cache_dir: str | None = No
 
 class FrozenDocuments:
     """The index as a tensor with each document text's row, for losses over the whole corpus; with a distillation
-    teacher, the teacher's embeddings of the same documents beside it."""
+    teacher, the teacher's embeddings of the same documents beside it, and with ``teacher_bm25`` > 0 a BM25 index of
+    the same texts whose scores take that share of the teacher's (``teacher_logits``)."""
 
     def __init__(self, texts: list[str], embeddings: np.ndarray, device: torch.device | str = "cpu",
-                 teacher_embeddings: np.ndarray | None = None):
+                 teacher_embeddings: np.ndarray | None = None, teacher_bm25: float = 0.0):
         self.row_of = {text: row for row, text in enumerate(texts)}
         # query text -> rows of the documents judged relevant to it; set to take them out of its InfoNCE's negatives
         self.judged: dict[str, set[int]] = {}
         self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings)).to(device)
-        self.teacher_embeddings = None if teacher_embeddings is None else torch.from_numpy(
-            np.ascontiguousarray(teacher_embeddings)).to(device)
+        self.teacher_embeddings = None if teacher_embeddings is None else F.normalize(torch.from_numpy(
+            np.ascontiguousarray(teacher_embeddings)).float(), dim=-1).to(device)
+        self.teacher_bm25 = teacher_bm25
+        self.lexical = bm25_index(texts, where="the frozen index") if teacher_bm25 > 0 else None
 
     def rows(self, positives: list[str], where: str) -> torch.Tensor:
         """The index row of each positive; every positive must be one of the index's documents."""
@@ -65,17 +70,31 @@ class FrozenDocuments:
             masked = torch.tensor(pairs, dtype=torch.long, device=rows.device).reshape(-1, 2)
         return corpus_info_nce(queries, self.embeddings, rows, temperature, masked)
 
-    def top(self, queries: torch.Tensor, k: int = 100) -> dict[str, dict[str, float]]:
+    def top(self, queries: torch.Tensor, k: int = 100) -> Run:
         """The ``k`` best-scored rows of each query, as a pytrec_eval run keyed by query and row position."""
-        scores, rows = (F.normalize(queries.float(), dim=-1) @ self.embeddings.T).topk(min(k, len(self.embeddings)))
-        return {str(q): {str(r): s for r, s in zip(rs.tolist(), ss.tolist())} for q, (rs, ss) in enumerate(zip(rows, scores))}
+        return ranking(F.normalize(queries.float(), dim=-1) @ self.embeddings.T, k)
 
-    def distillation(self, queries: torch.Tensor, teacher_queries: torch.Tensor, temperature: float,
-                     teacher_temperature: float) -> torch.Tensor:
+    def teacher_logits(self, teacher_queries: torch.Tensor, texts: list[str], teacher_temperature: float) -> torch.Tensor:
+        """[B, N] teacher scores of the queries (their ``texts`` and the teacher's embeddings of them) against every
+        document, over ``teacher_temperature``: the teacher's cosines, or with ``teacher_bm25`` = w the hybrid
+        (1 - w) * min-max(cosines) + w * min-max(BM25 scores), per query over the whole index (fusion:linear's sum)."""
+        scores = F.normalize(teacher_queries.float(), dim=-1) @ self.teacher_embeddings.T
+        if self.lexical is not None:
+            lexical = torch.from_numpy(bm25_scores(self.lexical, texts)).to(scores.device)
+            scores = (1 - self.teacher_bm25) * min_max(scores) + self.teacher_bm25 * min_max(lexical)
+        return scores / teacher_temperature
+
+    def distillation(self, queries: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
         """KL(teacher || student) of each query's score distribution over the whole corpus: the teacher ranks every
         document, judged or not, so the soft labels cover all of a query's relevant documents."""
-        return score_distillation(queries.float(), self.embeddings, teacher_queries, self.teacher_embeddings,
-                                  temperature, teacher_temperature)
+        student = F.normalize(queries.float(), dim=-1) @ self.embeddings.T / temperature
+        return logit_distillation(student, teacher_logits)
+
+
+def ranking(scores: torch.Tensor, k: int = 100) -> Run:
+    """The ``k`` best of each row of [B, N] scores, as a pytrec_eval run keyed by query and row position."""
+    best, rows = scores.topk(min(k, scores.shape[1]))
+    return {str(q): {str(r): s for r, s in zip(rs.tolist(), ss.tolist())} for q, (rs, ss) in enumerate(zip(rows, best))}
 
 
 def corpus_info_nce(queries: torch.Tensor, documents: torch.Tensor, rows: torch.Tensor, temperature: float,

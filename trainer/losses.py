@@ -28,8 +28,19 @@ def score_distillation(queries: torch.Tensor, candidates: torch.Tensor, teacher_
     rank the batch's unjudged relevant documents near the positive instead of against it."""
     student = F.normalize(queries, dim=-1) @ F.normalize(candidates, dim=-1).T / temperature
     teacher = F.normalize(teacher_queries, dim=-1) @ F.normalize(teacher_candidates, dim=-1).T / teacher_temperature
+    return logit_distillation(student, teacher)
+
+
+def logit_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(teacher) || softmax(student)) of each row of [B, N] logits, averaged over the rows."""
     return F.kl_div(F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1), log_target=True,
                     reduction="batchmean")
+
+
+def min_max(scores: torch.Tensor) -> torch.Tensor:
+    """Each row of [B, N] scores mapped onto [0, 1] (a row of equal scores: all 0), as fusion:linear normalises."""
+    low = scores.min(dim=-1, keepdim=True).values
+    return (scores - low) / (scores.max(dim=-1, keepdim=True).values - low).clamp_min(1e-12)
 
 
 def token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder
 from trainer import collectives, sharding
 from trainer.config import SFTConfig
 from trainer.data import Triple, judged_queries, load_triples, mine_bm25_triples
-from trainer.frozen_index import FrozenDocuments, document_embeddings
+from trainer.frozen_index import FrozenDocuments, document_embeddings, ranking
 from trainer.logging_utils import CSVLog, plot_log
 from trainer.losses import answer_cross_entropy, info_nce, require_finite, score_distillation, token_kl, triplet
 from trainer.modeling import Policy
@@ -42,6 +42,8 @@ def training_triples(cfg: SFTConfig) -> list[Triple]:
 def load_teacher(cfg: SFTConfig) -> SentenceTransformerEncoder | None:
     """The sentence-transformers teacher of ``weights.distill`` (None when the weight is 0), on the CPU."""
     if cfg.weights.distill == 0:
+        if cfg.teacher_bm25:
+            raise UserError("teacher_bm25 is a share of the teacher's scores: it needs weights.distill > 0 and a teacher")
         return None
     if not cfg.teacher:
         raise UserError("weights.distill needs teacher: a sentence-transformers model (e.g. minilm)")
@@ -91,9 +93,8 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig, index: Froze
         terms |= {"infonce": sum(index.info_nce(v, positive_rows, cfg.temperature, texts) for v in views) / len(views),
                   "triplet": torch.zeros_like(kl)}
         if teacher is not None:
-            t_queries = _teacher_rows(teacher, texts, "query", queries)
-            terms["distill"] = sum(index.distillation(v, t_queries, cfg.temperature, cfg.teacher_temperature)
-                                   for v in views) / len(views)
+            taught = index.teacher_logits(_teacher_rows(teacher, texts, "query", queries), texts, cfg.teacher_temperature)
+            terms["distill"] = sum(index.distillation(v, taught, cfg.temperature) for v in views) / len(views)
     else:
         taught = None if teacher is None else (_teacher_rows(teacher, [t.query for t in batch], "query", queries),
                                                _teacher_rows(teacher, docs, "document", queries))
@@ -187,16 +188,48 @@ def heldout_ndcg(policy: Policy, judgements: Judgements, index: FrozenDocuments)
     return evaluate(qrels, index.top(policy.embed(texts, "query"))).scores["ndcg_at_10"]
 
 
+@torch.no_grad()
+def teacher_heldout_ndcg(teacher: SentenceTransformerEncoder, judgements: Judgements, index: FrozenDocuments) -> float:
+    """The held-out nDCG@10 of the teacher's own scores over the whole index (``FrozenDocuments.teacher_logits``): the
+    ranking its distillation teaches."""
+    texts, qrels = judgements
+    taught = index.teacher_logits(_teacher_rows(teacher, texts, "query", index.embeddings), texts, 1.0)
+    return evaluate(qrels, ranking(taught)).scores["ndcg_at_10"]
+
+
+def teacher_bm25_sweep(cfg: SFTConfig, shares: list[float], show_progress: bool = True) -> dict[float, float]:
+    """``teacher_heldout_ndcg`` of ``cfg``'s teacher at each BM25 share (``teacher_bm25``), on its ``eval_file``'s
+    judged held-out queries: how a hybrid teacher's share is chosen without a test query."""
+    if not cfg.teacher or not cfg.eval_file:
+        raise UserError("a teacher sweep needs a config with a teacher and an eval_file")
+    if wrong := [share for share in shares if not 0 <= share <= 1]:
+        raise UserError(f"teacher_bm25 {wrong[0]:g} is not a share: use numbers from 0 to 1")
+    texts = index_texts(cfg)
+    taught = document_embeddings(cfg.teacher, texts, cfg.cache_dir, show_progress)[0]
+    teacher = SentenceTransformerEncoder(cfg.teacher, show_progress=False)
+    heldout = load_triples(cfg.eval_file)
+    scores = {}
+    for share in shares:  # the student's rows are not scored here: the teacher's stand in for them
+        index = FrozenDocuments(texts, taught, teacher_embeddings=taught, teacher_bm25=share)
+        scores[share] = teacher_heldout_ndcg(teacher, heldout_judgements(cfg, heldout, index), index)
+    return scores
+
+
+def index_texts(cfg: SFTConfig) -> list[str]:
+    """The distinct document texts of ``index_dirs``' corpora, in order: the rows of a query adapter's frozen index."""
+    if not cfg.index_dirs:
+        raise UserError("query_adapter SFT needs index_dirs: the BEIR folders whose corpora hold every positive")
+    return list(dict.fromkeys(document_text(d) for folder in cfg.index_dirs
+                              for d in load_beir_folder(Path(folder), cfg.beir_split).corpus.values()))
+
+
 def frozen_documents(cfg: SFTConfig, policy: Policy, show_progress: bool) -> FrozenDocuments:
     """The frozen index of a query adapter's SFT: the corpora of ``index_dirs`` as the document model embeds them
     (and as the teacher does, when ``weights.distill`` is on)."""
-    if not cfg.index_dirs:
-        raise UserError("query_adapter SFT needs index_dirs: the BEIR folders whose corpora hold every positive")
-    texts = list(dict.fromkeys(document_text(d) for folder in cfg.index_dirs
-                               for d in load_beir_folder(Path(folder), cfg.beir_split).corpus.values()))
+    texts = index_texts(cfg)
     embeddings, _ = document_embeddings(f"searchr3:{policy.document_model}", texts, cfg.cache_dir, show_progress)
     taught = document_embeddings(cfg.teacher, texts, cfg.cache_dir, show_progress)[0] if cfg.weights.distill else None
-    return FrozenDocuments(texts, embeddings, policy.model.device, taught)
+    return FrozenDocuments(texts, embeddings, policy.model.device, taught, cfg.teacher_bm25)
 
 
 def planned_steps(cfg: SFTConfig, n_triples: int) -> int:
@@ -268,6 +301,8 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     total_steps = planned_steps(cfg, len(triples))
     policy = Policy.from_config(cfg)
     teacher = load_teacher(cfg)
+    if cfg.teacher_bm25 and not policy.query_adapter:
+        raise UserError("teacher_bm25 needs a query adapter (BM25 scores every document of its frozen index)")
     index = frozen_documents(cfg, policy, show_progress) if policy.query_adapter else None
     if cfg.mask_judged:
         if index is None:
@@ -337,6 +372,8 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
             best = max(rows[1:], key=lambda r: HELDOUT_SIGN[measure] * r[1])
             summary[measure] = {"at_start": rows[0][1], "at_end": rows[-1][1], "best": best[1], "best_step": best[0]}
         summary["selected_on"] = cfg.select_on
+        if judgements and teacher is not None:
+            summary["teacher_heldout_ndcg_at_10"] = teacher_heldout_ndcg(teacher, judgements, index)
         atomic_write_json(out / "eval.json", summary)
     return summary
 
