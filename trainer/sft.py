@@ -207,12 +207,12 @@ def teacher_bm25_sweep(cfg: SFTConfig, shares: list[float], show_progress: bool 
     texts = index_texts(cfg)
     taught = document_embeddings(cfg.teacher, texts, cfg.cache_dir, show_progress)[0]
     teacher = SentenceTransformerEncoder(cfg.teacher, show_progress=False)
-    heldout = load_triples(cfg.eval_file)
-    scores = {}
-    for share in shares:  # the student's rows are not scored here: the teacher's stand in for them
-        index = FrozenDocuments(texts, taught, teacher_embeddings=taught, teacher_bm25=share)
-        scores[share] = teacher_heldout_ndcg(teacher, heldout_judgements(cfg, heldout, index), index)
-    return scores
+    # the judged rows depend on the texts alone: read once, not per share; the student's rows are not scored here,
+    # so the teacher's stand in for them
+    judgements = heldout_judgements(cfg, load_triples(cfg.eval_file), FrozenDocuments(texts, taught))
+    return {share: teacher_heldout_ndcg(teacher, judgements,
+                                        FrozenDocuments(texts, taught, teacher_embeddings=taught, teacher_bm25=share))
+            for share in shares}
 
 
 def index_texts(cfg: SFTConfig) -> list[str]:
