@@ -7,6 +7,9 @@ runner like any task, so their results land under ``--output-dir`` with their ow
 
 Usage: HF_HUB_OFFLINE=1 python benchmarks/bench_case.py --data-dir ../shared/data/beir --task cisi \
            --models bm25,minilm,searchr3:smollm2-sft [--output-dir results/case-robustness]
+
+A Search-R3 model that folds letter case (its manifest declares it, or the spec asks: ``searchr3:<name>[case_fold=all-caps]``)
+is its own row, ``<spec>[case_fold=all-caps]``.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 from searchr3_eval.atomic import atomic_write_json
 from searchr3_eval.cache import default_cache_dir
 from searchr3_eval.models.lm.device import cpu_has_native_bf16
+from searchr3_eval.results import TaskResult
 from searchr3_eval.runner import evaluate
 
 GOAL = 0.02
@@ -35,6 +39,12 @@ def upper_cased_copy(source: Path, target: Path, field: str) -> None:
             lines = [json.dumps({k: v.upper() if k in ("title", "text") and isinstance(v, str) else v
                                  for k, v in row.items()}) for row in rows]
         (target / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def row_name(result: TaskResult) -> str:
+    """The model's spec, with the case folding it ran with where it folds (one model is a row with and without)."""
+    fold = result.settings.get("case_fold")
+    return f"{result.model_spec}[case_fold={fold}]" if fold else result.model_spec
 
 
 def main() -> None:
@@ -53,7 +63,7 @@ def main() -> None:
         upper_cased_copy(args.data_dir / args.task, data / variants["documents upper-cased"], "corpus")
         summary = evaluate(args.models, list(variants.values()), args.output_dir, data_dir=data,
                            cache_dir=default_cache_dir(), download=False)
-    scores = {(r.model_spec, r.task): r.scores["ndcg_at_10"] for r in summary.computed + summary.reused}
+    scores = {(row_name(r), r.task): r.scores["ndcg_at_10"] for r in summary.computed + summary.reused}
     rows = {}
     for spec in dict.fromkeys(spec for spec, _ in scores):
         given = scores[(spec, args.task)]

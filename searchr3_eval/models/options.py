@@ -12,7 +12,7 @@ from typing import Any, get_type_hints
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.encoding import AUTO_CPU_TOKENS
 from searchr3_eval.models.lm.device import DTYPE_CHOICES, resolve_device
-from searchr3_eval.models.lm.prompt_format import PROMPT_PRESETS
+from searchr3_eval.models.lm.prompt_format import CASE_FOLDS, PROMPT_PRESETS
 from searchr3_eval.retrieval import parse_index
 
 REASONING_CHOICES = ("off", "on", "all")
@@ -58,6 +58,10 @@ class ModelOptions:
     query_prompt: str | None = option(None, "prefix for queries: the sentence-transformers prompt, or Search-R3's "
                                             "user-turn prefix")
     document_prompt: str | None = option(None, "prefix for documents (as --query-prompt)")
+    case_fold: str | None = option(None, "Search-R3 letter case: all-caps lower-cases a text of three words or more "
+                                         "at least nine tenths of whose cased letters are capitals, off embeds every "
+                                         "text as it is; default: what the model's manifest declares, else off",
+                                   CASE_FOLDS)
     index: str = option("flat", "dense search: flat (exact), ivf or hnsw (faiss), e.g. ivf:nprobe=32 or "
                                 "hnsw:ef_search=512")
     memmap_dir: Path | None = option(None, "keep corpus embeddings in a memory-mapped file in this folder (corpora "

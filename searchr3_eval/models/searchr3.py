@@ -22,8 +22,8 @@ from searchr3_eval.models.lm.generate import make_generator
 from searchr3_eval.models.lm.load import load_causal_lm
 from searchr3_eval.models.lm.locate import document_model_of, resolve_llm
 from searchr3_eval.models.lm.prompt_format import (
-    DEFAULT_PRESET, PROMPT_PRESETS, PromptFormat, Prompts, add_embed_token, embed_token_id, resolve_prompts,
-    trained_preset,
+    CASE_FOLDS, DEFAULT_PRESET, PROMPT_PRESETS, PromptFormat, Prompts, add_embed_token, embed_token_id, fold_case,
+    resolve_prompts, trained_case_fold, trained_preset,
 )
 from searchr3_eval.models.options import REASONING_CHOICES
 
@@ -49,16 +49,19 @@ class SearchR3Settings:
     reasoning_samples: int = 1
     reasoning_temperature: float = 0.8
     reasoning_direct_weight: float = 0.0  # the direct embedding's share of a reasoning embedding
+    case_fold: str = "off"  # prompt_format.fold_case, applied to every text before it is embedded or looked up
 
     def __post_init__(self) -> None:
         if self.reasoning not in REASONING_CHOICES:
             raise UserError(f"--reasoning must be off, on or all, not {self.reasoning!r}")
+        if self.case_fold not in CASE_FOLDS:
+            raise UserError(f"--case-fold must be {' or '.join(CASE_FOLDS)}, not {self.case_fold!r}")
 
     def identity(self) -> dict:
         """The settings a result records, and nothing else: those of generation (``REASONING_ONLY`` and the reasoning
         system prompt) only where something reasons, and the sampling settings only where several analyses are
-        sampled (one greedy analysis is what every earlier result used), and the direct embedding's share only where
-        it has one."""
+        sampled (one greedy analysis is what every earlier result used), the direct embedding's share only where
+        it has one, and the case folding only where there is one."""
         settings = {"reasoning": self.reasoning, "max_length": self.max_length, "prompts": asdict(self.prompts),
                     "dtype": self.dtype, "add_embed_token": self.add_embed_token}
         if self.reasoning == "off":
@@ -70,6 +73,8 @@ class SearchR3Settings:
                                 reasoning_temperature=self.reasoning_temperature)
             if self.reasoning_direct_weight > 0:
                 settings.update(reasoning_direct_weight=self.reasoning_direct_weight)
+        if self.case_fold != "off":
+            settings.update(case_fold=self.case_fold)
         return settings
 
 
@@ -103,13 +108,15 @@ class SearchR3Encoder(DenseEncoder):
                         attn_implementation: str | None = None, device: str = "cpu", prompts: Prompts | None = None,
                         reasoning: Reasoning = "off", max_length: int = 512, max_new_tokens: int = 64,
                         backend: str = "transformers", reasoning_samples: int = 1, reasoning_temperature: float = 0.8,
-                        reasoning_direct_weight: float = 0.0, **kwargs) -> "SearchR3Encoder":
-        """Load a model; ``prompts`` default to the preset it was trained with (``trained_preset``); ``kwargs`` go to
-        ``DenseEncoder``."""
+                        reasoning_direct_weight: float = 0.0, case_fold: str | None = None,
+                        **kwargs) -> "SearchR3Encoder":
+        """Load a model; ``prompts`` default to the preset it was trained with (``trained_preset``), ``case_fold`` to
+        the one it declares (``trained_case_fold``); ``kwargs`` go to ``DenseEncoder``."""
         config = SearchR3Settings(reasoning, max_length, max_new_tokens,
                                   prompts or resolve_prompts(trained_preset(name_or_path)),
                                   resolve_dtype(dtype, resolve_device(device)), backend, add_token, reasoning_samples,
-                                  reasoning_temperature, reasoning_direct_weight)
+                                  reasoning_temperature, reasoning_direct_weight,
+                                  case_fold or trained_case_fold(name_or_path))
         return cls.from_settings(name_or_path, config, attn_implementation, device, **kwargs)
 
     @classmethod
@@ -134,7 +141,10 @@ class SearchR3Encoder(DenseEncoder):
         return super().cache_key(kind)
 
     def encode(self, texts: list[str], kind: Kind, batch_size: int | None = None, allocate=None) -> np.ndarray:
-        """A query adapter's documents are its document model's embeddings (the same cache entries)."""
+        """Texts are case-folded (``fold_case``) before the cache sees them, so a folded text shares the embedding of
+        the text it becomes. A query adapter's documents are its document model's embeddings (the same cache
+        entries)."""
+        texts = [fold_case(t, self.config.case_fold) for t in texts]
         if kind == "document" and self.documents is not None:
             vectors = self.documents.encode(texts, kind, batch_size, allocate)
             self.last_stats = self.documents.last_stats
@@ -159,8 +169,10 @@ class SearchR3Encoder(DenseEncoder):
 
     def embedding_settings(self, kind: Kind) -> dict:
         """A kind embedded directly does not depend on the reasoning settings: with ``--reasoning on`` the documents
-        share their cached embeddings with ``--reasoning off``."""
-        return self.settings if self.reasons(kind) else direct_settings(self.settings)
+        share their cached embeddings with ``--reasoning off``. The case folding is not one of them: the cache is
+        keyed by the folded text."""
+        settings = self.settings if self.reasons(kind) else direct_settings(self.settings)
+        return {k: v for k, v in settings.items() if k != "case_fold"}
 
     def reasons(self, kind: Kind) -> bool:
         return self.config.reasoning == "all" or (self.config.reasoning == "on" and kind == "query")

@@ -5,6 +5,7 @@ and the prompts reasoning generates from. The evaluation's encoder and the train
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 import torch
@@ -47,6 +48,29 @@ PROMPT_PRESETS: dict[str, Prompts] = {
     ),
 }
 DEFAULT_PRESET = "paper"
+
+# Letter-case folding of a text before it is embedded. all-caps: a text of at least CAPITALS_WORDS words at least
+# CAPITALS_SHARE of whose cased letters are capitals is lower-cased (a cased tokenizer splits capitals into rare pieces
+# a small model reads poorly, and old collections and users write whole texts in capitals); any other text, an acronym
+# alone ("ADHD", "IGF-1") among them, is embedded as it is.
+CASE_FOLDS = ("off", "all-caps")
+CAPITALS_SHARE = 0.9
+CAPITALS_WORDS = 3
+
+
+def fold_case(text: str, case_fold: str) -> str:
+    """``text`` as a model with ``case_fold`` embeds it."""
+    if case_fold == "off" or len(re.findall(r"[^\W\d_]+", text)) < CAPITALS_WORDS:
+        return text
+    upper = sum(c.isupper() for c in text)
+    lower = sum(c.islower() for c in text)
+    return text.lower() if upper and upper >= CAPITALS_SHARE * (upper + lower) else text
+
+
+def trained_case_fold(name_or_path: str) -> str:
+    """The case folding a packaged model declares (its manifest's ``case_fold``); every other model: off."""
+    folder = resolve_llm(name_or_path)[0]
+    return read_manifest(folder).get("case_fold", "off") if is_adapter(folder) else "off"
 
 
 def trained_preset(name_or_path: str) -> str:
