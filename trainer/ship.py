@@ -1,9 +1,11 @@
 """Copy a trained adapter into the package (``searchr3_eval/weights/<name>``, loadable as ``searchr3:<name>``) with a
 reference embedding of a fixed text, which the tests check the packaged model still reproduces.
 
-Usage: python -m trainer.ship runs/sft-smollm2/final smollm2-sft [--case-fold all-caps]
+Usage: python -m trainer.ship runs/sft-smollm2/final smollm2-sft [--case-fold all-caps] [--adapter-dtype bfloat16]
 
 ``--case-fold`` records in the manifest how the model folds letter case by default (``prompt_format.fold_case``).
+``--adapter-dtype bfloat16`` stores the LoRA factors in half the bytes: the loader merges them into the float32 base
+and casts the merged weights to the run's dtype, so on a bf16 machine they are rounded to bf16 either way.
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
+
 from searchr3_eval.atomic import atomic_write_json, normal_permissions
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.lm.locate import MANIFEST, ROWS_FILE, SHIPPED_DIR, read_manifest
@@ -20,6 +25,8 @@ from searchr3_eval.models.lm.prompt_format import CASE_FOLDS, trained_preset
 from searchr3_eval.models.searchr3 import SearchR3Encoder
 
 FILES = ("adapter_config.json", "adapter_model.safetensors", ROWS_FILE, MANIFEST)
+WEIGHTS = "adapter_model.safetensors"
+ADAPTER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 REFERENCE_FILE = "reference_embedding.json"
 REFERENCE_TEXT = "Vitamin D deficiency is associated with a higher risk of respiratory infections."
 
@@ -33,12 +40,15 @@ def reference_embedding(name: str) -> dict:
             "vector": [round(float(x), 6) for x in vector]}
 
 
-def ship(adapter: Path, name: str, case_fold: str = "off") -> Path:
+def ship(adapter: Path, name: str, case_fold: str = "off", adapter_dtype: str = "float32") -> Path:
     manifest = read_manifest(adapter)
     target = SHIPPED_DIR / name
     target.mkdir(parents=True, exist_ok=True)
     for file in FILES:
         shutil.copyfile(adapter / file, target / file)
+    if adapter_dtype != "float32":
+        weights = load_file(str(target / WEIGHTS))
+        save_file({k: v.to(ADAPTER_DTYPES[adapter_dtype]) for k, v in weights.items()}, str(target / WEIGHTS))
     if case_fold != "off":
         atomic_write_json(target / MANIFEST, {**manifest, "case_fold": case_fold})
     config = json.loads((target / "adapter_config.json").read_text(encoding="utf-8"))
@@ -55,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="the packaged model's name (searchr3:<name>)")
     parser.add_argument("--case-fold", default="off", choices=CASE_FOLDS,
                         help="the model's default letter-case folding (all-caps: lower-case texts written in capitals)")
+    parser.add_argument("--adapter-dtype", default="float32", choices=tuple(ADAPTER_DTYPES),
+                        help="how the LoRA factors are stored")
     args = parser.parse_args(argv)
     try:
-        print(f"shipped {args.adapter} -> {ship(args.adapter, args.name, args.case_fold)}")
+        print(f"shipped {args.adapter} -> {ship(args.adapter, args.name, args.case_fold, args.adapter_dtype)}")
     except UserError as exc:
         print(f"ship: error: {exc}", file=sys.stderr)
         return 2
