@@ -39,10 +39,11 @@ def document_embeddings(model: str, texts: list[str], cache_dir: str | None = No
 class FrozenDocuments:
     """The index as a tensor with each document text's row, for losses over the whole corpus; with a distillation
     teacher, the teacher's embeddings of the same documents beside it, and with ``teacher_bm25`` > 0 a BM25 index of
-    the same texts whose scores take that share of the teacher's (``teacher_logits``)."""
+    the same texts whose scores take that share of the teacher's (``teacher_logits``); ``lexical``, that index built
+    beforehand (``bm25_index`` of ``texts``), lets several indexes of one corpus share it."""
 
     def __init__(self, texts: list[str], embeddings: np.ndarray, device: torch.device | str = "cpu",
-                 teacher_embeddings: np.ndarray | None = None, teacher_bm25: float = 0.0):
+                 teacher_embeddings: np.ndarray | None = None, teacher_bm25: float = 0.0, lexical=None):
         self.row_of = {text: row for row, text in enumerate(texts)}
         # query text -> rows of the documents judged relevant to it; set to take them out of its InfoNCE's negatives
         self.judged: dict[str, set[int]] = {}
@@ -50,7 +51,9 @@ class FrozenDocuments:
         self.teacher_embeddings = None if teacher_embeddings is None else F.normalize(torch.from_numpy(
             np.ascontiguousarray(teacher_embeddings)).float(), dim=-1).to(device)
         self.teacher_bm25 = teacher_bm25
-        self.lexical = bm25_index(texts, where="the frozen index") if teacher_bm25 > 0 else None
+        self.lexical = None
+        if teacher_bm25 > 0:
+            self.lexical = lexical if lexical is not None else bm25_index(texts, where="the frozen index")
 
     def rows(self, positives: list[str], where: str) -> torch.Tensor:
         """The index row of each positive; every positive must be one of the index's documents."""

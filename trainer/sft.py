@@ -16,6 +16,7 @@ from searchr3_eval.atomic import atomic_write_folder, atomic_write_json
 from searchr3_eval.data import document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import evaluate
+from searchr3_eval.models.bm25 import bm25_index
 from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder
 from trainer import collectives, sharding
 from trainer.config import SFTConfig
@@ -210,9 +211,9 @@ def teacher_bm25_sweep(cfg: SFTConfig, shares: list[float], show_progress: bool 
     # the judged rows depend on the texts alone: read once, not per share; the student's rows are not scored here,
     # so the teacher's stand in for them
     judgements = heldout_judgements(cfg, load_triples(cfg.eval_file), FrozenDocuments(texts, taught))
-    return {share: teacher_heldout_ndcg(teacher, judgements,
-                                        FrozenDocuments(texts, taught, teacher_embeddings=taught, teacher_bm25=share))
-            for share in shares}
+    lexical = bm25_index(texts, where="the frozen index") if any(shares) else None  # built once for every share
+    return {share: teacher_heldout_ndcg(teacher, judgements, FrozenDocuments(
+        texts, taught, teacher_embeddings=taught, teacher_bm25=share, lexical=lexical)) for share in shares}
 
 
 def index_texts(cfg: SFTConfig) -> list[str]:
