@@ -31,3 +31,5 @@ def test_a_shipped_adapter_declares_its_fold_and_may_store_its_factors_in_bf16(d
     plain = shipped.encode(["find the apple"], "query")[0]
     assert float(plain @ trained.encode(["find the apple"], "query")[0]) > 0.999  # bf16 factors: nearly the same
     np.testing.assert_array_equal(shipped.encode(["FIND THE APPLE"], "query")[0], plain)  # folded by default
+    np.testing.assert_array_equal(shipped.encode(["NOTES ABOUT APPLE HERE"], "document"),  # its documents too
+                                  shipped.encode(["notes about apple here"], "document"))

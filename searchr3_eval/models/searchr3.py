@@ -143,13 +143,12 @@ class SearchR3Encoder(DenseEncoder):
     def encode(self, texts: list[str], kind: Kind, batch_size: int | None = None, allocate=None) -> np.ndarray:
         """Texts are case-folded (``fold_case``) before the cache sees them, so a folded text shares the embedding of
         the text it becomes. A query adapter's documents are its document model's embeddings (the same cache
-        entries)."""
-        texts = [fold_case(t, self.config.case_fold) for t in texts]
+        entries; that encoder, with the same settings, folds them)."""
         if kind == "document" and self.documents is not None:
             vectors = self.documents.encode(texts, kind, batch_size, allocate)
             self.last_stats = self.documents.last_stats
             return vectors
-        return super().encode(texts, kind, batch_size, allocate)
+        return super().encode([fold_case(t, self.config.case_fold) for t in texts], kind, batch_size, allocate)
 
     @property
     def prompts(self) -> Prompts:

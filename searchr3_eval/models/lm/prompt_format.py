@@ -67,17 +67,22 @@ def fold_case(text: str, case_fold: str) -> str:
     return text.lower() if upper and upper >= CAPITALS_SHARE * (upper + lower) else text
 
 
+def declared(name_or_path: str, key: str, default: str) -> str:
+    """What a trained adapter's manifest records under ``key`` (an adapter without it, and every other model:
+    ``default``)."""
+    folder = resolve_llm(name_or_path)[0]
+    return read_manifest(folder).get(key, default) if is_adapter(folder) else default
+
+
 def trained_case_fold(name_or_path: str) -> str:
     """The case folding a packaged model declares (its manifest's ``case_fold``); every other model: off."""
-    folder = resolve_llm(name_or_path)[0]
-    return read_manifest(folder).get("case_fold", "off") if is_adapter(folder) else "off"
+    return declared(name_or_path, "case_fold", "off")
 
 
 def trained_preset(name_or_path: str) -> str:
     """The prompt preset a model was trained with: a trained adapter records it (adapters saved before this was
     recorded, and every other model, use the paper's)."""
-    folder = resolve_llm(name_or_path)[0]
-    return read_manifest(folder).get("prompts", DEFAULT_PRESET) if is_adapter(folder) else DEFAULT_PRESET
+    return declared(name_or_path, "prompts", DEFAULT_PRESET)
 
 
 def resolve_prompts(preset: str = DEFAULT_PRESET, system: str | None = None, query: str | None = None,
