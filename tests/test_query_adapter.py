@@ -188,7 +188,7 @@ def test_a_hybrid_teacher_sums_min_max_normalised_teacher_cosines_and_bm25_score
 def test_query_adapter_sft_can_select_on_the_heldout_ndcg_over_every_judged_document(document_model, data_dir, tmp_path):
     """select_on heldout_ndcg_at_10: the held-out queries are scored as the evaluation scores a task, and final is the
     evaluation with the highest nDCG@10."""
-    from trainer.sft import frozen_documents, heldout_judgements, heldout_ndcg
+    from trainer.sft import frozen_documents, heldout_judgements, heldout_ndcg, index_tasks
 
     cfg = query_sft_config(document_model, data_dir, tmp_path, select_on="heldout_ndcg_at_10", max_steps=8)
     write_triples(tmp_path / "train.jsonl", keyword_pairs(["get {}", "{} wanted"]))
@@ -213,8 +213,9 @@ def test_query_adapter_sft_can_select_on_the_heldout_ndcg_over_every_judged_docu
     assert ndcg[0] == pytest.approx(np.mean(gains), abs=1e-3)
     # final is the selected step's adapter
     final = Policy(summary["model"], max_length=200)
-    index = frozen_documents(cfg, final, show_progress=False)
-    judgements = heldout_judgements(cfg, keyword_pairs(["find {}"]), index)
+    tasks = index_tasks(cfg)
+    index = frozen_documents(cfg, tasks, final, show_progress=False)
+    judgements = heldout_judgements(cfg, tasks, keyword_pairs(["find {}"]), index)
     assert len(judgements[0]) == len(WORDS)
     assert heldout_ndcg(final, judgements, index) == pytest.approx(
         summary["heldout_ndcg_at_10"]["best"], abs=1e-3)

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from searchr3_eval.data import RetrievalTask, document_text, load_beir_folder
+from searchr3_eval.data import RetrievalTask, document_text
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.bm25 import BM25Retriever
 
@@ -89,11 +89,7 @@ def case_variants(triples: list[Triple], fraction: float, rng: random.Random, do
     return copies
 
 
-def judged_queries(folders: list[str], split: str, texts: set[str]) -> list[tuple[Path, RetrievalTask, list[str]]]:
-    """Each BEIR folder's ``split`` task with the ids of its queries whose text is in ``texts`` and that its qrels
-    judge: every document judged for a training or held-out query, not only the positives sampled into triples."""
-    found = []
-    for folder in map(Path, folders):
-        task = load_beir_folder(folder, split)
-        found.append((folder, task, [q for q, text in task.queries.items() if text in texts and task.qrels.get(q)]))
-    return found
+def judged_queries(tasks: list[RetrievalTask], texts: set[str]) -> list[tuple[RetrievalTask, list[str]]]:
+    """Each task with the ids of its queries whose text is in ``texts`` and that its qrels judge: every document
+    judged for a training or held-out query, not only the positives sampled into triples."""
+    return [(task, [q for q, text in task.queries.items() if text in texts and task.qrels.get(q)]) for task in tasks]

@@ -78,12 +78,13 @@ def write_heldout_task(cfg: DataConfig, target: Path) -> dict[str, int]:
     if not heldout.is_file():
         raise UserError(f"{heldout} is missing: run `searchr3-eval train data --config ...` first")
     corpus, queries, qrels = [], [], []
-    for folder, task, qids in judged_queries(cfg.beir_dirs, cfg.beir_split, {t.query for t in load_triples(heldout)}):
-        corpus += [{"_id": f"{folder.name}/{d}", "title": doc.get("title", ""), "text": doc["text"]}
+    tasks = [load_beir_folder(Path(folder), cfg.beir_split) for folder in cfg.beir_dirs]
+    for task, qids in judged_queries(tasks, {t.query for t in load_triples(heldout)}):
+        corpus += [{"_id": f"{task.name}/{d}", "title": doc.get("title", ""), "text": doc["text"]}
                    for d, doc in task.corpus.items()]
         for qid in qids:
-            queries.append({"_id": f"{folder.name}/{qid}", "text": task.queries[qid]})
-            qrels += [f"{folder.name}/{qid}\t{folder.name}/{d}\t{grade}" for d, grade in task.qrels[qid].items()]
+            queries.append({"_id": f"{task.name}/{qid}", "text": task.queries[qid]})
+            qrels += [f"{task.name}/{qid}\t{task.name}/{d}\t{grade}" for d, grade in task.qrels[qid].items()]
 
     def write(tmp: Path) -> None:
         (tmp / "qrels").mkdir()

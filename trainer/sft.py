@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from searchr3_eval import distributed
 from searchr3_eval.atomic import atomic_write_folder, atomic_write_json
-from searchr3_eval.data import document_text, load_beir_folder
+from searchr3_eval.data import RetrievalTask, document_text, load_beir_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.metrics import evaluate
 from searchr3_eval.models.bm25 import bm25_index
@@ -94,11 +94,11 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig, index: Froze
         terms |= {"infonce": sum(index.info_nce(v, positive_rows, cfg.temperature, texts) for v in views) / len(views),
                   "triplet": torch.zeros_like(kl)}
         if teacher is not None:
-            taught = index.teacher_logits(_teacher_rows(teacher, texts, "query", queries), texts, cfg.teacher_temperature)
+            taught = index.teacher_logits(_teacher_rows(teacher, texts, "query", queries.device), texts, cfg.teacher_temperature)
             terms["distill"] = sum(index.distillation(v, taught, cfg.temperature) for v in views) / len(views)
     else:
-        taught = None if teacher is None else (_teacher_rows(teacher, [t.query for t in batch], "query", queries),
-                                               _teacher_rows(teacher, docs, "document", queries))
+        taught = None if teacher is None else (_teacher_rows(teacher, [t.query for t in batch], "query", queries.device),
+                                               _teacher_rows(teacher, docs, "document", queries.device))
         terms |= _in_batch_terms(views, embeddings[size : 2 * size], embeddings[2 * size : size + n_docs], owners, cfg,
                                  taught)
     terms.setdefault("distill", torch.zeros_like(kl))
@@ -108,8 +108,9 @@ def sft_losses(policy: Policy, batch: list[Triple], cfg: SFTConfig, index: Froze
     return terms, sum(len(s) for s in sequences)
 
 
-def _teacher_rows(teacher: SentenceTransformerEncoder, texts: list[str], kind: str, like: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(teacher.embed(texts, kind)[0]).to(like.device)
+def _teacher_rows(teacher: SentenceTransformerEncoder, texts: list[str], kind: str,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.from_numpy(teacher.embed(texts, kind)[0]).to(device)
 
 
 def _in_batch_terms(views: list[torch.Tensor], positives: torch.Tensor, negatives: torch.Tensor, owners: list[int],
@@ -157,11 +158,19 @@ def heldout_infonce(policy: Policy, triples: list[Triple], temperature: float, b
 Judgements = tuple[list[str], dict[str, dict[str, int]]]
 
 
-def index_judgements(cfg: SFTConfig, queries: set[str], index: FrozenDocuments) -> dict[str, dict[int, int]]:
-    """Every document that ``index_dirs``' ``beir_split`` qrels judge for each of the ``queries`` they judge, as index
-    rows (a text two documents share keeps the higher grade)."""
+def index_tasks(cfg: SFTConfig) -> list[RetrievalTask]:
+    """``index_dirs``' ``beir_split`` tasks, read once: their corpora are a query adapter's frozen index, their qrels
+    judge its training and held-out queries."""
+    if not cfg.index_dirs:
+        raise UserError("query_adapter SFT needs index_dirs: the BEIR folders whose corpora hold every positive")
+    return [load_beir_folder(Path(folder), cfg.beir_split) for folder in cfg.index_dirs]
+
+
+def index_judgements(tasks: list[RetrievalTask], queries: set[str], index: FrozenDocuments) -> dict[str, dict[int, int]]:
+    """Every document that the ``tasks``' qrels judge for each of the ``queries`` they judge, as index rows (a text
+    two documents share keeps the higher grade)."""
     judged = {}
-    for _, task, qids in judged_queries(cfg.index_dirs, cfg.beir_split, queries):
+    for task, qids in judged_queries(tasks, queries):
         for qid in qids:
             rows = judged.setdefault(task.queries[qid], {})
             for doc_id, grade in task.qrels[qid].items():
@@ -170,10 +179,11 @@ def index_judgements(cfg: SFTConfig, queries: set[str], index: FrozenDocuments) 
     return judged
 
 
-def heldout_judgements(cfg: SFTConfig, heldout: list[Triple], index: FrozenDocuments) -> Judgements:
-    """The held-out queries that the qrels judge, and their judged rows keyed by query position (pytrec_eval's string
-    ids, as ``FrozenDocuments.top`` names them), for the held-out nDCG@10."""
-    judged = index_judgements(cfg, {t.query for t in heldout}, index)
+def heldout_judgements(cfg: SFTConfig, tasks: list[RetrievalTask], heldout: list[Triple],
+                       index: FrozenDocuments) -> Judgements:
+    """The held-out queries that the ``tasks``' qrels judge, and their judged rows keyed by query position
+    (pytrec_eval's string ids, as ``FrozenDocuments.top`` names them), for the held-out nDCG@10."""
+    judged = index_judgements(tasks, {t.query for t in heldout}, index)
     if not judged:
         raise UserError(f"select_on heldout_ndcg_at_10: no held-out query of {cfg.eval_file} is judged in the "
                         f"{cfg.beir_split} qrels of index_dirs")
@@ -190,12 +200,12 @@ def heldout_ndcg(policy: Policy, judgements: Judgements, index: FrozenDocuments)
 
 
 @torch.no_grad()
-def teacher_heldout_ndcg(teacher: SentenceTransformerEncoder, judgements: Judgements, index: FrozenDocuments) -> float:
-    """The held-out nDCG@10 of the teacher's own scores over the whole index (``FrozenDocuments.teacher_logits``): the
-    ranking its distillation teaches."""
+def teacher_heldout_ndcg(teacher_queries: torch.Tensor, judgements: Judgements, index: FrozenDocuments) -> float:
+    """The held-out nDCG@10 of the teacher's own scores over the whole index (``FrozenDocuments.teacher_logits``) for
+    its embeddings of the held-out queries (``teacher_queries``, in ``judgements``' order): the ranking its
+    distillation teaches."""
     texts, qrels = judgements
-    taught = index.teacher_logits(_teacher_rows(teacher, texts, "query", index.embeddings), texts, 1.0)
-    return evaluate(qrels, ranking(taught)).scores["ndcg_at_10"]
+    return evaluate(qrels, ranking(index.teacher_logits(teacher_queries, texts, 1.0))).scores["ndcg_at_10"]
 
 
 def teacher_bm25_sweep(cfg: SFTConfig, shares: list[float], show_progress: bool = True) -> dict[float, float]:
@@ -205,29 +215,27 @@ def teacher_bm25_sweep(cfg: SFTConfig, shares: list[float], show_progress: bool 
         raise UserError("a teacher sweep needs a config with a teacher and an eval_file")
     if wrong := [share for share in shares if not 0 <= share <= 1]:
         raise UserError(f"teacher_bm25 {wrong[0]:g} is not a share: use numbers from 0 to 1")
-    texts = index_texts(cfg)
+    tasks = index_tasks(cfg)
+    texts = index_texts(tasks)
     taught = document_embeddings(cfg.teacher, texts, cfg.cache_dir, show_progress)[0]
-    teacher = SentenceTransformerEncoder(cfg.teacher, show_progress=False)
-    # the judged rows depend on the texts alone: read once, not per share; the student's rows are not scored here,
-    # so the teacher's stand in for them
-    judgements = heldout_judgements(cfg, load_triples(cfg.eval_file), FrozenDocuments(texts, taught))
+    # the judged rows and the teacher's queries do not depend on the share: made once; the student's rows are not
+    # scored here, so the teacher's stand in for them
+    judgements = heldout_judgements(cfg, tasks, load_triples(cfg.eval_file), FrozenDocuments(texts, taught))
+    queries = _teacher_rows(SentenceTransformerEncoder(cfg.teacher, show_progress=False), judgements[0], "query")
     lexical = bm25_index(texts, where="the frozen index") if any(shares) else None  # built once for every share
-    return {share: teacher_heldout_ndcg(teacher, judgements, FrozenDocuments(
+    return {share: teacher_heldout_ndcg(queries, judgements, FrozenDocuments(
         texts, taught, teacher_embeddings=taught, teacher_bm25=share, lexical=lexical)) for share in shares}
 
 
-def index_texts(cfg: SFTConfig) -> list[str]:
-    """The distinct document texts of ``index_dirs``' corpora, in order: the rows of a query adapter's frozen index."""
-    if not cfg.index_dirs:
-        raise UserError("query_adapter SFT needs index_dirs: the BEIR folders whose corpora hold every positive")
-    return list(dict.fromkeys(document_text(d) for folder in cfg.index_dirs
-                              for d in load_beir_folder(Path(folder), cfg.beir_split).corpus.values()))
+def index_texts(tasks: list[RetrievalTask]) -> list[str]:
+    """The distinct document texts of the ``tasks``' corpora, in order: the rows of a query adapter's frozen index."""
+    return list(dict.fromkeys(document_text(d) for task in tasks for d in task.corpus.values()))
 
 
-def frozen_documents(cfg: SFTConfig, policy: Policy, show_progress: bool) -> FrozenDocuments:
-    """The frozen index of a query adapter's SFT: the corpora of ``index_dirs`` as the document model embeds them
+def frozen_documents(cfg: SFTConfig, tasks: list[RetrievalTask], policy: Policy, show_progress: bool) -> FrozenDocuments:
+    """The frozen index of a query adapter's SFT: the corpora of ``index_tasks`` as the document model embeds them
     (and as the teacher does, when ``weights.distill`` is on)."""
-    texts = index_texts(cfg)
+    texts = index_texts(tasks)
     embeddings, _ = document_embeddings(f"searchr3:{policy.document_model}", texts, cfg.cache_dir, show_progress)
     taught = document_embeddings(cfg.teacher, texts, cfg.cache_dir, show_progress)[0] if cfg.weights.distill else None
     return FrozenDocuments(texts, embeddings, policy.model.device, taught, cfg.teacher_bm25)
@@ -304,12 +312,13 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     teacher = load_teacher(cfg)
     if cfg.teacher_bm25 and not policy.query_adapter:
         raise UserError("teacher_bm25 needs a query adapter (BM25 scores every document of its frozen index)")
-    index = frozen_documents(cfg, policy, show_progress) if policy.query_adapter else None
+    tasks = index_tasks(cfg) if policy.query_adapter else []
+    index = frozen_documents(cfg, tasks, policy, show_progress) if policy.query_adapter else None
     if cfg.mask_judged:
         if index is None:
             raise UserError("mask_judged needs a query adapter (its frozen index and index_dirs' qrels)")
         index.judged = {text: {row for row, grade in rows.items() if grade > 0}
-                        for text, rows in index_judgements(cfg, {t.query for t in triples}, index).items()}
+                        for text, rows in index_judgements(tasks, {t.query for t in triples}, index).items()}
     if plugin is not None:
         policy.shard(plugin)
     trainable = [p for p in policy.model.parameters() if p.requires_grad]
@@ -327,7 +336,7 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     if cfg.select_on == "heldout_ndcg_at_10":
         if index is None or not heldout:
             raise UserError("select_on heldout_ndcg_at_10 needs a query adapter (its frozen index) and an eval_file")
-        judgements = heldout_judgements(cfg, heldout, index)
+        judgements = heldout_judgements(cfg, tasks, heldout, index)
     measures = ["heldout_infonce"] + (["heldout_ndcg_at_10"] if judgements else [])
     evals = CSVLog(out / "heldout_log.csv", ["step", *measures]) if heldout and main else None
     if heldout and not distributed.broadcast_from_main(evals is not None and bool(evals.rows())):
@@ -374,7 +383,8 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
             summary[measure] = {"at_start": rows[0][1], "at_end": rows[-1][1], "best": best[1], "best_step": best[0]}
         summary["selected_on"] = cfg.select_on
         if judgements and teacher is not None:
-            summary["teacher_heldout_ndcg_at_10"] = teacher_heldout_ndcg(teacher, judgements, index)
+            summary["teacher_heldout_ndcg_at_10"] = teacher_heldout_ndcg(
+                _teacher_rows(teacher, judgements[0], "query", index.embeddings.device), judgements, index)
         atomic_write_json(out / "eval.json", summary)
     return summary
 

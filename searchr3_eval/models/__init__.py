@@ -21,7 +21,6 @@ from searchr3_eval.models.base_llm import LastTokenEncoder
 from searchr3_eval.models.bm25 import BM25Retriever, bm25_revision, bm25_settings
 from searchr3_eval.models.lm.device import resolve_device, resolve_dtype
 from searchr3_eval.models.lm.locate import llm_revision
-from searchr3_eval.models.lm.prompt_format import resolve_prompts, trained_case_fold, trained_preset
 from searchr3_eval.models.options import ModelOptions, split_spec_options, with_spec_options
 from searchr3_eval.models.searchr3 import SearchR3Encoder, SearchR3Settings
 from searchr3_eval.models.sentence_transformer import SentenceTransformerEncoder, model_revision, st_settings
@@ -103,13 +102,13 @@ def parse_model_specs(spec: str) -> list[ModelSpec]:
 def searchr3_config(spec: ModelSpec, options: ModelOptions) -> SearchR3Settings:
     """The settings a Search-R3 spec is loaded with, and known by: the prompts default to the preset the model was
     trained with, the case folding to the model's own, the dtype is resolved for the device."""
-    prompts = resolve_prompts(options.prompts or trained_preset(spec.arg), options.system_prompt, options.query_prompt,
-                              options.document_prompt)
-    return SearchR3Settings(options.reasoning, options.max_length, options.max_new_tokens, prompts,
-                            resolve_dtype(options.dtype, resolve_device(options.device)), options.backend,
-                            options.add_embed_token or spec.adds_embed_token, options.reasoning_samples,
-                            options.reasoning_temperature, options.reasoning_direct_weight,
-                            options.case_fold or trained_case_fold(spec.arg))
+    return SearchR3Settings.for_model(
+        spec.arg, preset=options.prompts, system_prompt=options.system_prompt, query_prompt=options.query_prompt,
+        document_prompt=options.document_prompt, case_fold=options.case_fold, dtype=options.dtype,
+        device=options.device, reasoning=options.reasoning, max_length=options.max_length,
+        max_new_tokens=options.max_new_tokens, backend=options.backend,
+        add_embed_token=options.add_embed_token or spec.adds_embed_token, reasoning_samples=options.reasoning_samples,
+        reasoning_temperature=options.reasoning_temperature, reasoning_direct_weight=options.reasoning_direct_weight)
 
 
 def describe(spec: ModelSpec, options: ModelOptions) -> ModelIdentity:
