@@ -107,7 +107,7 @@ def test_bad_trainer_config_is_one_line_and_writes_nothing(tmp_path):
 
 def test_a_library_message_over_several_lines_is_one_error_line(tmp_path):
     """Malformed YAML (whose parser explains itself over several lines) names the file and line; a model that cannot
-    load quotes transformers' multi-line message on one line."""
+    load quotes transformers' multi-line message on one line, and a model path that does not exist says so."""
     config = tmp_path / "sft.yaml"
     config.write_text("model: [smollm2\noutput_dir: out\n")
     proc = run_cli("train", "sft", "--config", str(config))
@@ -115,6 +115,10 @@ def test_a_library_message_over_several_lines_is_one_error_line(tmp_path):
     assert proc.stderr.strip() == f"searchr3-eval: error: malformed YAML in {config} line 2: expected ',' or ']', but got ':'"
     (tmp_path / "t.jsonl").write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["n"]}) + "\n")
     config.write_text(f"model: {tmp_path / 'no-model'}\noutput_dir: {tmp_path / 'out'}\ntrain_file: {tmp_path / 't.jsonl'}\n")
+    proc = run_cli("train", "sft", "--config", str(config), env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"searchr3-eval: error: no model folder {tmp_path / 'no-model'} (a hub name starts with neither / nor .)"
+    (tmp_path / "no-model").mkdir()  # a folder without a model
     proc = run_cli("train", "sft", "--config", str(config), env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "could not load causal LM" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
