@@ -117,7 +117,7 @@ def test_a_library_message_over_several_lines_is_one_error_line(tmp_path):
     config.write_text(f"model: {tmp_path / 'no-model'}\noutput_dir: {tmp_path / 'out'}\ntrain_file: {tmp_path / 't.jsonl'}\n")
     proc = run_cli("train", "sft", "--config", str(config), env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == f"searchr3-eval: error: no model folder {tmp_path / 'no-model'} (a hub name starts with neither / nor .)"
+    assert proc.stderr.strip() == f"searchr3-eval: error: no model folder {tmp_path / 'no-model'} (a hub name is owner/name)"
     (tmp_path / "no-model").mkdir()  # a folder without a model
     proc = run_cli("train", "sft", "--config", str(config), env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -80,8 +80,8 @@ def resolve_llm(name_or_path: str) -> tuple[str, str | None, str]:
         if not path.is_file():
             raise UserError(f"missing file: {path}")
         return str(path.parent), path.name, path.stem
-    if name_or_path.startswith(("/", "./", "../")) and not path.exists():
-        raise UserError(f"no model folder {name_or_path} (a hub name starts with neither / nor .)")
+    if (name_or_path.startswith(("/", "./", "../")) or name_or_path.count("/") > 1) and not path.exists():
+        raise UserError(f"no model folder {name_or_path} (a hub name is owner/name)")
     return name_or_path, None, path.name or name_or_path
 
 
