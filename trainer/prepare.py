@@ -2,6 +2,7 @@
 source split by distinct query into train and a held-out slice for model selection."""
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections import Counter
@@ -36,10 +37,11 @@ def prepare_data(cfg: DataConfig) -> dict:
     """Write ``train.jsonl`` (shuffled), ``heldout.jsonl`` and ``summary.json`` (counts per source) to ``output_dir``."""
     if not 0 <= cfg.heldout_fraction < 1:
         raise UserError(f"heldout_fraction must be in [0, 1), not {cfg.heldout_fraction}")
+    # each folder read once: a title_query_dir is often one of the beir_dirs too
+    read = functools.cache(lambda folder: load_beir_folder(Path(folder), cfg.beir_split))
     sources = {}
     for folder in cfg.beir_dirs:
-        sources[folder] = mine_bm25_triples(load_beir_folder(Path(folder), cfg.beir_split), cfg.num_negatives, cfg.seed,
-                                            cfg.max_positives)
+        sources[folder] = mine_bm25_triples(read(folder), cfg.num_negatives, cfg.seed, cfg.max_positives)
     for path in cfg.pair_files:
         sources[path] = [Triple(t.query, t.positive, t.negatives[: cfg.num_negatives], t.analysis)
                          for t in load_triples(path, cfg.keep_splits)]
@@ -57,7 +59,7 @@ def prepare_data(cfg: DataConfig) -> dict:
     train += case_copies
     held_queries = {t.query for t in heldout}
     for folder in cfg.title_query_dirs:
-        titled = [t for t in title_triples(load_beir_folder(Path(folder), cfg.beir_split)) if t.query not in held_queries]
+        titled = [t for t in title_triples(read(folder)) if t.query not in held_queries]
         train += titled
         counts[f"titles of {folder}"] = {"train": len(titled), "heldout": 0}
     rng.shuffle(train)

@@ -312,8 +312,10 @@ def train_sft(cfg: SFTConfig, show_progress: bool = True) -> dict:
     teacher = load_teacher(cfg)
     if cfg.teacher_bm25 and not policy.query_adapter:
         raise UserError("teacher_bm25 needs a query adapter (BM25 scores every document of its frozen index)")
-    tasks = index_tasks(cfg) if policy.query_adapter else []
-    index = frozen_documents(cfg, tasks, policy, show_progress) if policy.query_adapter else None
+    tasks, index = [], None
+    if policy.query_adapter:
+        tasks = index_tasks(cfg)
+        index = frozen_documents(cfg, tasks, policy, show_progress)
     if cfg.mask_judged:
         if index is None:
             raise UserError("mask_judged needs a query adapter (its frozen index and index_dirs' qrels)")
