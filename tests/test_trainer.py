@@ -643,6 +643,23 @@ def test_training_data_adds_each_titled_document_as_its_own_titles_query_to_trai
         assert t.positive in {document_text(task.corpus[d]) for d in task.qrels[qid]}
 
 
+def test_a_pair_file_becomes_a_task_of_its_distinct_queries_over_every_text_it_names(shared_beir, tmp_path):
+    from trainer.prepare import write_pairs_task
+
+    pairs = shared_beir.parent / "train" / "wikiqa_train_pairs.jsonl"
+    counts = write_pairs_task(pairs, tmp_path / "tasks" / "wikiqa-train")
+    task, rows = load_task("wikiqa-train", tmp_path / "tasks"), load_triples(pairs)
+    texts = {t for r in rows for t in (r.positive, *r.negatives)}
+    assert counts == {"documents": len(task.corpus), "queries": len(task.queries), "judgements": 1039}
+    assert {d["text"] for d in task.corpus.values()} == texts and len(texts) == len(task.corpus) == 8312
+    assert sorted(task.queries.values()) == sorted({r.query for r in rows}) and len(task.queries) == 872
+    positives = {}
+    for r in rows:
+        positives.setdefault(r.query, set()).add(r.positive)
+    assert {task.queries[q]: {task.corpus[d]["text"] for d in judged} for q, judged in task.qrels.items()} == positives
+    assert all(set(g.values()) == {1} for g in task.qrels.values())
+
+
 def test_rl_over_a_beir_corpus_caches_only_the_documents_lower_layers(tiny_model_dir, data_dir, tmp_path):
     from trainer.rl import beir_training_set
 

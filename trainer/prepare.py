@@ -97,3 +97,30 @@ def write_heldout_task(cfg: DataConfig, target: Path) -> dict[str, int]:
 
     atomic_write_folder(target, write)
     return {"documents": len(corpus), "queries": len(queries), "judgements": len(qrels)}
+
+
+def write_pairs_task(path: str | Path, target: Path, keep_splits: list[str] | None = None) -> dict[str, int]:
+    """A pair file's distinct queries as a BEIR folder at ``target`` (replaced atomically): the corpus is every distinct
+    positive and negative text, and each query's positives are its relevant documents (grade 1). It scores model
+    selection outside the BEIR training domains, on queries no query adapter trains on. Returns what it holds."""
+    triples = load_triples(path, keep_splits)
+    doc_ids: dict[str, str] = {}
+    query_ids: dict[str, str] = {}
+    qrels: set[tuple[str, str]] = set()
+    for t in triples:
+        for text in (t.positive, *t.negatives):
+            doc_ids.setdefault(text, f"d{len(doc_ids)}")
+        qid = query_ids.setdefault(t.query, f"q{len(query_ids)}")
+        qrels.add((qid, doc_ids[t.positive]))
+
+    def write(tmp: Path) -> None:
+        (tmp / "qrels").mkdir()
+        rows = {"corpus": [{"_id": d, "title": "", "text": text} for text, d in doc_ids.items()],
+                "queries": [{"_id": q, "text": text} for text, q in query_ids.items()]}
+        for name, items in rows.items():
+            (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
+        (tmp / "qrels" / "test.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in sorted(qrels)), encoding="utf-8")
+
+    atomic_write_folder(target, write)
+    return {"documents": len(doc_ids), "queries": len(query_ids), "judgements": len(qrels)}
