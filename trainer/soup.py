@@ -59,7 +59,10 @@ def soup(adapters: list[Path], weights: list[float], output: Path) -> Path:
             raise UserError(f"could not load the adapter in {folder}: {exc}") from exc
         names.append(f"adapter{i}")
     rank = model.peft_config["default"].r
-    model.add_weighted_adapter(names, weights, SOUP, combination_type="svd", svd_rank=rank)
+    try:
+        model.add_weighted_adapter(names, weights, SOUP, combination_type="svd", svd_rank=rank)
+    except ValueError as exc:  # e.g. adapters of different layers or modules
+        raise UserError(f"could not combine {', '.join(map(str, adapters))}: {exc}") from exc
     with torch.no_grad():  # the soup's factors into "default", rescaled from the soup's scaling (1) to default's
         for module in model.modules():
             if hasattr(module, "lora_A") and SOUP in module.lora_A:
