@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from searchr3_eval.atomic import atomic_write_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.lm.load import load_adapter
 from searchr3_eval.models.lm.locate import ROWS_FILE, is_adapter, read_manifest
@@ -43,7 +44,7 @@ def _check_compatible(adapters: list[Path]) -> dict:
 
 
 def soup(adapters: list[Path], weights: list[float], output: Path) -> Path:
-    """Write to ``output`` the adapter whose update of each weight matrix is sum(w_i * update_i), at the first
+    """Write to ``output`` (replaced atomically) the adapter whose update of each weight matrix is sum(w_i * update_i), at the first
     adapter's rank and LoRA scaling, with the adapters' shared manifest and added rows (``trainer.ship`` sets the
     packaged form's letter-case default)."""
     if len(adapters) != len(weights) or len(adapters) < 2:
@@ -72,8 +73,8 @@ def soup(adapters: list[Path], weights: list[float], output: Path) -> Path:
     for name in names[1:] + [SOUP]:
         model.delete_adapter(name)
     model.set_adapter("default")
-    save_adapter(model, output, manifest["base"], manifest["base_vocab_size"], manifest["prompts"],
-                 side=manifest.get("side"))
+    atomic_write_folder(output, lambda tmp: save_adapter(model, tmp, manifest["base"], manifest["base_vocab_size"],
+                                                         manifest["prompts"], side=manifest.get("side")))
     return output
 
 
