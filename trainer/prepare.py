@@ -87,16 +87,7 @@ def write_heldout_task(cfg: DataConfig, target: Path) -> dict[str, int]:
         for qid in qids:
             queries.append({"_id": f"{task.name}/{qid}", "text": task.queries[qid]})
             qrels += [f"{task.name}/{qid}\t{task.name}/{d}\t{grade}" for d, grade in task.qrels[qid].items()]
-
-    def write(tmp: Path) -> None:
-        (tmp / "qrels").mkdir()
-        for name, rows in (("corpus", corpus), ("queries", queries)):
-            (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        (tmp / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(q + "\n" for q in qrels),
-                                              encoding="utf-8")
-
-    atomic_write_folder(target, write)
-    return {"documents": len(corpus), "queries": len(queries), "judgements": len(qrels)}
+    return write_beir_task(target, corpus, queries, qrels)
 
 
 def write_pairs_task(path: str | Path, target: Path, keep_splits: list[str] | None = None) -> dict[str, int]:
@@ -112,15 +103,22 @@ def write_pairs_task(path: str | Path, target: Path, keep_splits: list[str] | No
             doc_ids.setdefault(text, f"d{len(doc_ids)}")
         qid = query_ids.setdefault(t.query, f"q{len(query_ids)}")
         qrels.add((qid, doc_ids[t.positive]))
+    return write_beir_task(target, [{"_id": d, "title": "", "text": text} for text, d in doc_ids.items()],
+                           [{"_id": q, "text": text} for text, q in query_ids.items()],
+                           [f"{q}\t{d}\t1" for q, d in sorted(qrels)])
+
+
+def write_beir_task(target: Path, corpus: list[dict], queries: list[dict], qrels: list[str]) -> dict[str, int]:
+    """A BEIR folder at ``target`` (replaced atomically): ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/test.tsv``
+    (the split a local folder is scored on) of ``qrels`` lines, each query id, corpus id and score tab-separated.
+    Returns what it holds."""
 
     def write(tmp: Path) -> None:
         (tmp / "qrels").mkdir()
-        rows = {"corpus": [{"_id": d, "title": "", "text": text} for text, d in doc_ids.items()],
-                "queries": [{"_id": q, "text": text} for text, q in query_ids.items()]}
-        for name, items in rows.items():
-            (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
-        (tmp / "qrels" / "test.tsv").write_text(
-            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in sorted(qrels)), encoding="utf-8")
+        for name, rows in (("corpus", corpus), ("queries", queries)):
+            (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        (tmp / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(q + "\n" for q in qrels),
+                                              encoding="utf-8")
 
     atomic_write_folder(target, write)
-    return {"documents": len(doc_ids), "queries": len(query_ids), "judgements": len(qrels)}
+    return {"documents": len(corpus), "queries": len(queries), "judgements": len(qrels)}
