@@ -16,7 +16,6 @@ from searchr3_eval.atomic import atomic_write_folder
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.lm.load import load_causal_lm
 from searchr3_eval.models.lm.locate import (
-    MANIFEST,
     ROWS_FILE,
     document_model_of,
     packaged_name,
@@ -24,6 +23,7 @@ from searchr3_eval.models.lm.locate import (
     shipped_model,
 )
 from searchr3_eval.models.lm.prompt_format import embed_token_id
+from searchr3_eval.models.lm.save import write_manifest
 
 ADAPTER_FILES = ("adapter_model.safetensors", ROWS_FILE)
 PEFT_CONFIG = "adapter_config.json"
@@ -55,15 +55,14 @@ def rebase(adapter: str, document_model: str, output: Path) -> Path:
     source, document_model = _query_adapter(adapter), document_model.removeprefix("searchr3:")
     manifest = read_manifest(source)
     _check_document_model(document_model, manifest["base_vocab_size"])
-    base = packaged_name(str(shipped_model(document_model) or document_model))
+    base = packaged_name(document_model)
     peft_config = json.loads((source / PEFT_CONFIG).read_text())
 
     def write(tmp: Path) -> None:
         for name in ADAPTER_FILES:
             shutil.copyfile(source / name, tmp / name)
         (tmp / PEFT_CONFIG).write_text(json.dumps({**peft_config, "base_model_name_or_path": base}, indent=2) + "\n")
-        kept = {key: manifest[key] for key in ("base_vocab_size", "prompts", "side")}
-        (tmp / MANIFEST).write_text(json.dumps({"base": base, **kept}, indent=2) + "\n")
+        write_manifest(tmp, base, manifest["base_vocab_size"], manifest["prompts"], manifest["side"])
 
     atomic_write_folder(output, write)
     return output

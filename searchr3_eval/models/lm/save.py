@@ -30,6 +30,12 @@ def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int
     if output_embeddings is not None and output_embeddings.weight is not input_embeddings.weight:
         rows["output"] = state[f"{names[output_embeddings]}.weight"][base_vocab_size:].float().contiguous()
     save_file({k: v.detach().cpu() for k, v in rows.items()}, str(folder / ROWS_FILE))
-    manifest = {"base": base, "base_vocab_size": base_vocab_size, "prompts": prompts, **({"side": side} if side else {})}
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_manifest(folder, base, base_vocab_size, prompts, side)
     normal_permissions(folder)
+
+
+def write_manifest(folder: str | Path, base: str, base_vocab_size: int, prompts: str, side: str | None = None) -> None:
+    """The adapter's ``searchr3_adapter.json``: its base, the base's vocabulary size, the prompt preset and, for a query
+    adapter, ``"side": "query"``."""
+    manifest = {"base": base, "base_vocab_size": base_vocab_size, "prompts": prompts, **({"side": side} if side else {})}
+    atomic_write_text(Path(folder) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
