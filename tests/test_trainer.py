@@ -554,6 +554,11 @@ def test_a_trained_adapter_carries_its_prompt_preset_to_the_evaluator(tiny_model
     (tmp_path / "bad.yaml").write_text("model: m\noutput_dir: o\nprompts: chat\n")
     with pytest.raises(UserError, match="bad.yaml: unknown prompt preset 'chat'"):
         load_config(tmp_path / "bad.yaml", SFTConfig)
+    manifest = final / "searchr3_adapter.json"  # explicit prompts never read the preset the manifest declares
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "prompts": "chat"}))
+    with pytest.raises(UserError, match="unknown prompt preset 'chat'"):
+        SearchR3Encoder.from_pretrained(str(final))
+    assert SearchR3Encoder.from_pretrained(str(final), prompts=PROMPT_PRESETS["paper"]).prompts == PROMPT_PRESETS["paper"]
 
 
 def test_training_data_holds_out_whole_queries_and_respects_splits(data_dir, tmp_path):

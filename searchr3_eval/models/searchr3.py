@@ -58,13 +58,17 @@ class SearchR3Settings:
             raise UserError(f"--case-fold must be {' or '.join(CASE_FOLDS)}, not {self.case_fold!r}")
 
     @classmethod
-    def for_model(cls, name_or_path: str, *, preset: str | None = None, system_prompt: str | None = None,
-                  query_prompt: str | None = None, document_prompt: str | None = None, case_fold: str | None = None,
-                  dtype: str = "float32", device: str = "cpu", **settings) -> "SearchR3Settings":
-        """The settings ``name_or_path`` is loaded with: the prompts are ``preset`` (default: the one the model was
-        trained with, ``trained_preset``) with the given overrides, the case folding defaults to the one it declares
-        (``trained_case_fold``), the dtype is resolved for the device; ``settings``: the other fields."""
-        prompts = resolve_prompts(preset or trained_preset(name_or_path), system_prompt, query_prompt, document_prompt)
+    def for_model(cls, name_or_path: str, *, prompts: Prompts | None = None, preset: str | None = None,
+                  system_prompt: str | None = None, query_prompt: str | None = None,
+                  document_prompt: str | None = None, case_fold: str | None = None, dtype: str = "float32",
+                  device: str = "cpu", **settings) -> "SearchR3Settings":
+        """The settings ``name_or_path`` is loaded with: the prompts are ``prompts`` where given, else ``preset``
+        (default: the one the model was trained with, ``trained_preset``) with the given overrides, the case folding
+        defaults to the one it declares (``trained_case_fold``), the dtype is resolved for the device; ``settings``:
+        the other fields."""
+        if prompts is None:
+            prompts = resolve_prompts(preset or trained_preset(name_or_path), system_prompt, query_prompt,
+                                      document_prompt)
         return cls(prompts=prompts, case_fold=case_fold or trained_case_fold(name_or_path),
                    dtype=resolve_dtype(dtype, resolve_device(device)), **settings)
 
@@ -124,12 +128,10 @@ class SearchR3Encoder(DenseEncoder):
         """Load a model; ``prompts`` default to the preset it was trained with (``trained_preset``), ``case_fold`` to
         the one it declares (``trained_case_fold``); ``kwargs`` go to ``DenseEncoder``."""
         config = SearchR3Settings.for_model(
-            name_or_path, case_fold=case_fold, dtype=dtype, device=device, reasoning=reasoning, max_length=max_length,
+            name_or_path, prompts=prompts, case_fold=case_fold, dtype=dtype, device=device, reasoning=reasoning, max_length=max_length,
             max_new_tokens=max_new_tokens, backend=backend, add_embed_token=add_token,
             reasoning_samples=reasoning_samples, reasoning_temperature=reasoning_temperature,
             reasoning_direct_weight=reasoning_direct_weight)
-        if prompts is not None:
-            config = replace(config, prompts=prompts)
         return cls.from_settings(name_or_path, config, attn_implementation, device, **kwargs)
 
     @classmethod
