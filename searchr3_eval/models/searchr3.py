@@ -128,8 +128,8 @@ class SearchR3Encoder(DenseEncoder):
         """Load a model; ``prompts`` default to the preset it was trained with (``trained_preset``), ``case_fold`` to
         the one it declares (``trained_case_fold``); ``kwargs`` go to ``DenseEncoder``."""
         config = SearchR3Settings.for_model(
-            name_or_path, prompts=prompts, case_fold=case_fold, dtype=dtype, device=device, reasoning=reasoning, max_length=max_length,
-            max_new_tokens=max_new_tokens, backend=backend, add_embed_token=add_token,
+            name_or_path, prompts=prompts, case_fold=case_fold, dtype=dtype, device=device, reasoning=reasoning,
+            max_length=max_length, max_new_tokens=max_new_tokens, backend=backend, add_embed_token=add_token,
             reasoning_samples=reasoning_samples, reasoning_temperature=reasoning_temperature,
             reasoning_direct_weight=reasoning_direct_weight)
         return cls.from_settings(name_or_path, config, attn_implementation, device, **kwargs)

@@ -35,7 +35,8 @@ def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int
 
 
 def write_manifest(folder: str | Path, base: str, base_vocab_size: int, prompts: str, side: str | None = None) -> None:
-    """The adapter's ``searchr3_adapter.json``: its base, the base's vocabulary size, the prompt preset and, for a query
-    adapter, ``"side": "query"``."""
-    manifest = {"base": base, "base_vocab_size": base_vocab_size, "prompts": prompts, **({"side": side} if side else {})}
+    """The adapter's ``searchr3_adapter.json``: its base, the base's vocabulary size, the prompt preset and, for a
+    query adapter, ``"side": "query"``."""
+    manifest = {"base": base, "base_vocab_size": base_vocab_size, "prompts": prompts,
+                **({"side": side} if side else {})}
     atomic_write_text(Path(folder) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
