@@ -1,4 +1,5 @@
-"""Shipping a trained adapter into the package: the manifest's declared case folding and bf16-stored LoRA factors."""
+"""Shipping a trained adapter into the package: the manifest's declared case folding, bf16-stored LoRA factors and
+the package's size limit."""
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from trainer.sft import train_sft
 
 
 def test_a_shipped_adapter_declares_its_fold_and_may_store_its_factors_in_bf16(document_model, data_dir, tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch, capsys):
     cfg = query_sft_config(document_model, data_dir, tmp_path, max_steps=2, eval_every=None, eval_file=None)
     train_sft(cfg, show_progress=False)
     final = tmp_path / "out" / "final"
@@ -33,3 +34,11 @@ def test_a_shipped_adapter_declares_its_fold_and_may_store_its_factors_in_bf16(d
     np.testing.assert_array_equal(shipped.encode(["FIND THE APPLE"], "query")[0], plain)  # folded by default
     np.testing.assert_array_equal(shipped.encode(["NOTES ABOUT APPLE HERE"], "document"),  # its documents too
                                   shipped.encode(["notes about apple here"], "document"))
+
+    float32_bytes = trainer.ship.stored_bytes(final, "float32")  # above the limit: refused, nothing written
+    assert trainer.ship.stored_bytes(final, "bfloat16") < float32_bytes
+    monkeypatch.setattr(trainer.ship, "MAX_BYTES", float32_bytes - 1)
+    assert trainer.ship.main([str(final), "too-big"]) == 2
+    assert not (tmp_path / "weights" / "too-big").exists()
+    error = capsys.readouterr().err.split("ship: error: ")[1]
+    assert len(error.strip().splitlines()) == 1 and "above the" in error

@@ -1,4 +1,5 @@
-"""trainer.soup: a weighted sum of two real LoRA adapters' updates over a tiny Qwen2, truncated to their rank."""
+"""trainer.soup: a weighted sum of two real LoRA adapters' updates over a tiny Qwen2, truncated to their rank or
+kept whole."""
 import json
 import shutil
 from pathlib import Path
@@ -46,6 +47,12 @@ def test_a_soup_is_the_best_rank_r_sum_of_the_adapters_updates(tiny_model_dir, t
     truncated = (u[:, :4] * s[:4]) @ vh[:4]  # the best rank-4 approximation (Eckart-Young)
     np.testing.assert_allclose((_weight(tmp_path / "soup") - base).numpy(), truncated, atol=1e-5)
     assert json.loads((tmp_path / "soup" / MANIFEST).read_text()) == json.loads((first / MANIFEST).read_text())
+
+    assert main([str(first), str(second), "--weights", "0.3", "0.7", "--exact", "--output", str(tmp_path / "exact")]) == 0
+    np.testing.assert_allclose((_weight(tmp_path / "exact") - base).numpy(), expected.numpy(), atol=1e-5)
+    assert json.loads((tmp_path / "exact" / "adapter_config.json").read_text())["r"] == 8  # 4 + 4
+    assert json.loads((tmp_path / "exact" / MANIFEST).read_text()) == json.loads((first / MANIFEST).read_text())
+    assert sorted(p.name for p in (tmp_path / "exact").iterdir()) == sorted(p.name for p in first.iterdir())
 
     assert main([str(first), str(second), "--weights", "1", "0", "--output", str(tmp_path / "first")]) == 0
     texts = ["find apple", "some notes about river here"]

@@ -531,6 +531,28 @@ def test_lora_sft_saves_a_small_adapter_that_the_evaluator_loads(tiny_model_dir,
         "lora_" in n for n, p in further.model.named_parameters() if p.requires_grad)
 
 
+
+def test_a_saved_adapter_grows_to_more_layers_starting_as_itself(tiny_model_dir, tmp_path):
+    """More capacity for a trained adapter: train_layers above the layers it covers adds zero LoRA updates there, so
+    the grown model embeds as the adapter did; trained on, the grown adapter saves and loads like any other."""
+    write_triples(tmp_path / "train.jsonl", keyword_triples(1, 32))
+    settings = {"train_file": str(tmp_path / "train.jsonl"), "lora": True, "lora_r": 4, "learning_rate": 3e-2,
+                "batch_size": 8, "max_steps": 2, "temperature": 0.1, "max_length": 160, "mixed_precision": "no"}
+    top = Path(train_sft(SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "top"), train_layers=1,
+                                   **settings), show_progress=False)["model"])
+    texts = ["find apple", "some notes about river here"]
+    grown = Policy(str(top), lora=True, train_layers=2, max_length=160, mixed_precision="no")
+    assert grown.frozen_layers == 0 and all("lora_" in n for n in grown.trainable_names)
+    assert {n.split(".layers.")[1].split(".")[0] for n in grown.trainable_names} == {"0", "1"}
+    np.testing.assert_allclose(grown.embed(texts, "query").numpy(),
+                               Policy(str(top), max_length=160).embed(texts, "query").numpy(), atol=1e-5)
+    final = Path(train_sft(SFTConfig(model=str(top), output_dir=str(tmp_path / "grown"), train_layers=2, **settings),
+                           show_progress=False)["model"])
+    assert json.loads((final / "adapter_config.json").read_text())["layers_to_transform"] == [0, 1]
+    assert json.loads((top / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+    assert not np.allclose(SearchR3Encoder.from_pretrained(str(final), max_length=160).encode(texts, "query"),
+                           SearchR3Encoder.from_pretrained(str(top), max_length=160).encode(texts, "query"), atol=1e-4)
+
 def test_a_trained_adapter_carries_its_prompt_preset_to_the_evaluator(tiny_model_dir, tmp_path):
     """An adapter trained with the instruct preset records it; the evaluator and further training use it unless told
     otherwise (as a sentence-transformers model carries its prompts); a model without a record uses the paper's."""

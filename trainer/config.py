@@ -55,7 +55,8 @@ class RunConfig:
     lora: bool = False
     lora_r: int = setting(8, at_least=1)
     lora_alpha: int = 16
-    # train only the top N layers; the frozen lower layers' outputs are cached
+    # train only the top N layers; the frozen lower layers' outputs are cached. A saved LoRA adapter on fewer layers
+    # grows to N (its rank; zero updates in the layers added)
     train_layers: int | None = setting(None, at_least=1)
     max_length: int = setting(256, at_least=1)
     save_every: int = setting(50, at_least=1)

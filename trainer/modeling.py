@@ -56,7 +56,8 @@ class Policy:
                  device: str = "auto", prompts: str | None = None, query_adapter: bool = False):
         """``query_adapter``: a new LoRA over the Search-R3 model ``model_path`` (merged), saved as a query adapter
         (``searchr3_eval.models.lm.locate``): what the query side trains against that model's frozen documents; a query
-        adapter given as ``model_path`` is trained further over its own document model."""
+        adapter given as ``model_path`` is trained further over its own document model. A saved LoRA adapter on fewer
+        decoder layers than ``train_layers`` grows to them (``_grown``)."""
         device = resolve_device(device)
         if query_adapter and not lora:
             raise UserError("query_adapter trains a LoRA adapter: set lora: true")
@@ -78,6 +79,8 @@ class Policy:
             manifest = read_manifest(model_path)
             self.base, self.base_vocab_size = manifest["base"], manifest["base_vocab_size"]
             model, tokenizer = load_adapter(model_path, dtype, attn_implementation, device, trainable=lora)
+            if lora and train_layers:
+                model = self._grown(model, train_layers)
             if lora:  # the reference is the starting adapter, not the base: a frozen second copy of it
                 model.load_adapter(str(model_path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
                 self.reference_adapter = True
@@ -118,6 +121,28 @@ class Policy:
                    max_length=cfg.max_length, dtype=cfg.dtype, mixed_precision=cfg.mixed_precision,
                    attn_implementation=cfg.attn_implementation, device=cfg.device, prompts=cfg.prompts,
                    query_adapter=cfg.query_adapter, **settings)
+
+    @classmethod
+    def _grown(cls, model, train_layers: int):
+        """A loaded LoRA adapter spread over the top ``train_layers`` decoder layers where it covers fewer (more
+        capacity, same rank): its factors in the layers it has, LoRA's zero update in the layers added, so the model
+        starts as the adapter's."""
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        config = model.peft_config["default"]
+        n_layers = len(cls._causal_lm(model).base_model.layers)
+        covered = config.layers_to_transform
+        covered = [covered] if isinstance(covered, int) else covered
+        if covered is None or len(covered) >= train_layers or train_layers > n_layers:
+            return model  # (train_layers beyond the model is refused by _freeze_below_top)
+        state = get_peft_model_state_dict(model)
+        config = copy.deepcopy(config)
+        config.layers_to_transform = list(range(n_layers - train_layers, n_layers))
+        grown = get_peft_model(model.unload(), config)
+        unexpected = set_peft_model_state_dict(grown, state).unexpected_keys
+        if unexpected:
+            raise UserError(f"the adapter's factors do not fit its grown form: {sorted(unexpected)[:3]}")
+        return grown
 
     def _freeze_below_top(self, model, train_layers: int) -> int:
         """Train only the top ``train_layers`` decoder layers (their LoRA adapters, or their weights and the final

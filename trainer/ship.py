@@ -28,6 +28,7 @@ FILES = ("adapter_config.json", "adapter_model.safetensors", ROWS_FILE, MANIFEST
 WEIGHTS = "adapter_model.safetensors"
 ADAPTER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 REFERENCE_FILE = "reference_embedding.json"
+MAX_BYTES = 50 * 2**20  # what one packaged model may take (tests/test_shipped_model.py checks every one)
 REFERENCE_TEXT = "Vitamin D deficiency is associated with a higher risk of respiratory infections."
 
 
@@ -40,8 +41,19 @@ def reference_embedding(name: str) -> dict:
             "vector": [round(float(x), 6) for x in vector]}
 
 
+def stored_bytes(adapter: Path, adapter_dtype: str) -> int:
+    """The bytes ``adapter`` takes in the package with its factors stored in ``adapter_dtype``."""
+    factors = load_file(str(adapter / WEIGHTS))
+    return (sum(t.numel() * ADAPTER_DTYPES[adapter_dtype].itemsize for t in factors.values())
+            + sum((adapter / file).stat().st_size for file in FILES if file != WEIGHTS))
+
+
 def ship(adapter: Path, name: str, case_fold: str = "off", adapter_dtype: str = "float32") -> Path:
     manifest = read_manifest(adapter)
+    if (size := stored_bytes(adapter, adapter_dtype)) > MAX_BYTES:
+        raise UserError(f"{adapter} would take {size / 2**20:.0f} MiB with {adapter_dtype} factors, above the "
+                        f"{MAX_BYTES // 2**20} MiB a packaged model may take: store the factors in bfloat16 or ship a "
+                        "lower rank")
     target = SHIPPED_DIR / name
     target.mkdir(parents=True, exist_ok=True)
     for file in FILES:

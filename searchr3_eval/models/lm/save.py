@@ -13,16 +13,22 @@ from searchr3_eval.models.lm.locate import MANIFEST, ROWS_FILE
 
 
 def save_adapter(peft_model, folder: str | Path, base: str, base_vocab_size: int, prompts: str,
-                 state: dict[str, torch.Tensor] | None = None, side: str | None = None) -> None:
+                 state: dict[str, torch.Tensor] | None = None, side: str | None = None,
+                 adapter: str = "default") -> None:
     """Write the adapter, the added tokens' embedding rows and the manifest (the tokenizer is the base's plus the
     embed token, so it is not saved). ``state``: the model's whole state dict (from its shards, when it is sharded);
-    default ``peft_model.state_dict()``. ``side="query"``: a query adapter over the Search-R3 model ``base``."""
+    default ``peft_model.state_dict()``. ``side="query"``: a query adapter over the Search-R3 model ``base``.
+    ``adapter``: which of the model's LoRA adapters to write (it loads back as the folder's default)."""
     folder = Path(folder)
     state = peft_model.state_dict() if state is None else state
     for config in peft_model.peft_config.values():  # the base spec, not this machine's path to it
         config.base_model_name_or_path = base
     # the added rows are saved below; a training run's frozen reference copy of the adapter is not saved
-    peft_model.save_pretrained(folder, state_dict=state, save_embedding_layers=False, selected_adapters=["default"])
+    peft_model.save_pretrained(folder, state_dict=state, save_embedding_layers=False, selected_adapters=[adapter])
+    if adapter != "default":  # peft writes any other adapter to a subfolder of its name
+        for file in (folder / adapter).iterdir():
+            file.replace(folder / file.name)
+        (folder / adapter).rmdir()
     model = peft_model.get_base_model()
     names = {module: name for name, module in peft_model.named_modules()}
     input_embeddings, output_embeddings = model.get_input_embeddings(), model.get_output_embeddings()
