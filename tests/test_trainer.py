@@ -531,7 +531,6 @@ def test_lora_sft_saves_a_small_adapter_that_the_evaluator_loads(tiny_model_dir,
         "lora_" in n for n, p in further.model.named_parameters() if p.requires_grad)
 
 
-
 def test_a_saved_adapter_grows_to_more_layers_starting_as_itself(tiny_model_dir, tmp_path):
     """More capacity for a trained adapter: train_layers above the layers it covers adds zero LoRA updates there, so
     the grown model embeds as the adapter did; trained on, the grown adapter saves and loads like any other."""
@@ -552,6 +551,7 @@ def test_a_saved_adapter_grows_to_more_layers_starting_as_itself(tiny_model_dir,
     assert json.loads((top / "adapter_config.json").read_text())["layers_to_transform"] == [1]
     assert not np.allclose(SearchR3Encoder.from_pretrained(str(final), max_length=160).encode(texts, "query"),
                            SearchR3Encoder.from_pretrained(str(top), max_length=160).encode(texts, "query"), atol=1e-4)
+
 
 def test_a_trained_adapter_carries_its_prompt_preset_to_the_evaluator(tiny_model_dir, tmp_path):
     """An adapter trained with the instruct preset records it; the evaluator and further training use it unless told

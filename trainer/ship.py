@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from searchr3_eval.atomic import atomic_write_json, normal_permissions
@@ -42,9 +44,11 @@ def reference_embedding(name: str) -> dict:
 
 
 def stored_bytes(adapter: Path, adapter_dtype: str) -> int:
-    """The bytes ``adapter`` takes in the package with its factors stored in ``adapter_dtype``."""
-    factors = load_file(str(adapter / WEIGHTS))
-    return (sum(t.numel() * ADAPTER_DTYPES[adapter_dtype].itemsize for t in factors.values())
+    """The bytes ``adapter`` takes in the package with its factors stored in ``adapter_dtype`` (from the factors'
+    shapes in the safetensors header; no tensor is read)."""
+    with safe_open(str(adapter / WEIGHTS), framework="pt") as factors:
+        values = sum(math.prod(factors.get_slice(key).get_shape()) for key in factors.keys())
+    return (values * ADAPTER_DTYPES[adapter_dtype].itemsize
             + sum((adapter / file).stat().st_size for file in FILES if file != WEIGHTS))
 
 
