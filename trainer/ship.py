@@ -68,7 +68,7 @@ def ship(adapter: Path, name: str, case_fold: str = "off", adapter_dtype: str = 
     if case_fold != "off":
         atomic_write_json(target / MANIFEST, {**manifest, "case_fold": case_fold})
     config = json.loads((target / "adapter_config.json").read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = read_manifest(adapter)["base"]  # not the training machine's path
+    config["base_model_name_or_path"] = manifest["base"]  # not the training machine's path
     atomic_write_json(target / "adapter_config.json", config)
     atomic_write_json(target / REFERENCE_FILE, reference_embedding(name))
     normal_permissions(target)
