@@ -26,6 +26,14 @@ def test_only_texts_written_in_capitals_are_folded():
     assert fold_case(shouted, "off") == shouted
 
 
+def test_the_sentence_fold_writes_capitals_in_sentence_case():
+    shouted = '"WHAT IS DONE? IT IS DONE BY E.G. 3.5 UNITS."  (NEXT ONE) IS HERE! SEE RESULTS'
+    assert fold_case(shouted, "all-caps-sentence") == '"What is done? It is done by e.g. 3.5 units."  (Next one) is here! See results'
+    assert fold_case(shouted, "all-caps-sentence").lower() == fold_case(shouted, "all-caps")
+    for text in ("DNA repair in E. coli under UV light", "What is BRCA1?", "HIV AIDS"):
+        assert fold_case(text, "all-caps-sentence") == text
+
+
 def test_a_folded_text_is_embedded_and_cached_as_the_text_it_becomes(tiny_model_dir, tmp_path):
     cache = EmbeddingCache(tmp_path / "cache")
     common = {"add_token": True, "show_progress": False, "cache": cache}
@@ -39,7 +47,7 @@ def test_a_folded_text_is_embedded_and_cached_as_the_text_it_becomes(tiny_model_
     np.testing.assert_array_equal(folding.encode(texts, "query"), expected)
     assert folding.last_stats.cached == 2  # both were found under the texts they became
     assert "case_fold" not in plain.settings and folding.settings["case_fold"] == "all-caps"
-    with pytest.raises(UserError, match="--case-fold must be off or all-caps"):
+    with pytest.raises(UserError, match="--case-fold must be one of off, all-caps, all-caps-sentence"):
         SearchR3Encoder.from_pretrained(str(tiny_model_dir), case_fold="lower", **common)
 
 

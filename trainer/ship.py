@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("adapter", type=Path, help="a saved adapter folder, e.g. runs/sft-smollm2/final")
     parser.add_argument("name", help="the packaged model's name (searchr3:<name>)")
     parser.add_argument("--case-fold", default="off", choices=CASE_FOLDS,
-                        help="the model's default letter-case folding (all-caps: lower-case texts written in capitals)")
+                        help="the model's default letter-case folding (all-caps: lower-case texts written in capitals; "
+                             "all-caps-sentence: write them in sentence case)")
     parser.add_argument("--adapter-dtype", default="float32", choices=tuple(ADAPTER_DTYPES),
                         help="how the LoRA factors are stored")
     args = parser.parse_args(argv)

@@ -55,7 +55,7 @@ class SearchR3Settings:
         if self.reasoning not in REASONING_CHOICES:
             raise UserError(f"--reasoning must be off, on or all, not {self.reasoning!r}")
         if self.case_fold not in CASE_FOLDS:
-            raise UserError(f"--case-fold must be {' or '.join(CASE_FOLDS)}, not {self.case_fold!r}")
+            raise UserError(f"--case-fold must be one of {', '.join(CASE_FOLDS)}, not {self.case_fold!r}")
 
     @classmethod
     def for_model(cls, name_or_path: str, *, prompts: Prompts | None = None, preset: str | None = None,

@@ -49,13 +49,15 @@ PROMPT_PRESETS: dict[str, Prompts] = {
 }
 DEFAULT_PRESET = "paper"
 
-# Letter-case folding of a text before it is embedded. all-caps: a text of at least CAPITALS_WORDS words at least
-# CAPITALS_SHARE of whose cased letters are capitals is lower-cased (a cased tokenizer splits capitals into rare pieces
+# Letter-case folding of a text before it is embedded. A text of at least CAPITALS_WORDS words at least
+# CAPITALS_SHARE of whose cased letters are capitals is rewritten (a cased tokenizer splits capitals into rare pieces
 # a small model reads poorly, and old collections and users write whole texts in capitals); any other text, an acronym
-# alone ("ADHD", "IGF-1") among them, is embedded as it is.
-CASE_FOLDS = ("off", "all-caps")
+# alone ("ADHD", "IGF-1") among them, is embedded as it is. all-caps: the text in lower case; all-caps-sentence: in
+# sentence case (lower case, a capital at its start and at each sentence's, after ".", "!" or "?").
+CASE_FOLDS = ("off", "all-caps", "all-caps-sentence")
 CAPITALS_SHARE = 0.9
 CAPITALS_WORDS = 3
+SENTENCE_START = re.compile(r"(^\W*|[.!?][^\w\s]*\s+\W*)([^\W\d_])")
 
 
 def fold_case(text: str, case_fold: str) -> str:
@@ -64,7 +66,11 @@ def fold_case(text: str, case_fold: str) -> str:
         return text
     upper = sum(c.isupper() for c in text)
     lower = sum(c.islower() for c in text)
-    return text.lower() if upper and upper >= CAPITALS_SHARE * (upper + lower) else text
+    if not upper or upper < CAPITALS_SHARE * (upper + lower):
+        return text
+    if case_fold == "all-caps":
+        return text.lower()
+    return SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text.lower())
 
 
 def declared(name_or_path: str, key: str, default: str) -> str:
