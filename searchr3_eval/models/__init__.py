@@ -4,7 +4,7 @@
 ``searchr3:<path>`` (Search-R3); ``basellm:<path>`` (untuned LLM, last-token pooling). ``smollm2`` as a path means
 the packaged SmolLM2-135M-Instruct; ``searchr3:smollm2`` adds an untrained embed token to it; ``searchr3:<name>``
 is a trained model shipped in the package (``searchr3_eval/weights/<name>``; the default
-``smollm2-sft-distill-grow16-query-minilm-v5``, a query adapter over ``smollm2-sft-distill-grow16``).
+``smollm2-sft-distill-grow16-query-minilm``, a query adapter trained over ``smollm2-sft-distill-grow16``).
 
 ``describe`` gives a spec's identity (revision and settings) without loading weights, so finished results can be
 recognised before any model loads; ``load_model`` builds the retriever.
@@ -28,7 +28,7 @@ from searchr3_eval.fusion import FusionRetriever, FusionSpec, parse_fusion, spli
 from searchr3_eval.results import ModelIdentity, canonical_spec, identity_key
 from searchr3_eval.retrieval import parse_index
 
-DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2-sft-distill-grow16-query-minilm-v5"
+DEFAULT_MODELS = "bm25,minilm,searchr3:smollm2-sft-distill-grow16-query-minilm"
 
 
 @dataclass(frozen=True)
