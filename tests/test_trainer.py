@@ -9,6 +9,7 @@ import torch
 
 from searchr3_eval.data import load_task
 from searchr3_eval.errors import UserError
+from searchr3_eval.models.lm.prompt_format import fold_case
 from searchr3_eval.models.lm.generate import TransformersGenerator
 from searchr3_eval.models.searchr3 import SearchR3Encoder
 from trainer.config import LossWeights, RLConfig, SFTConfig, load_config
@@ -629,6 +630,15 @@ def test_training_data_caps_positives_per_query_and_adds_upper_cased_copies(data
     upper = [t for t in load_triples(tmp_path / "q" / "train.jsonl") if t.query == t.query.upper()]
     assert queries_only["case_copies"] == summary["case_copies"] == len(upper)
     assert all(t.positive != t.positive.upper() for t in upper)
+    # with a fold, each copy is the text that fold makes of its capitals at evaluation (same seed: same triples, order)
+    folded = prepare_data(DataConfig(**{**vars(cfg), "output_dir": str(tmp_path / "f"), "case_fold": "all-caps-sentence"}))
+    assert folded["case_copies"] == summary["case_copies"]
+    pairs = list(zip(train, load_triples(tmp_path / "f" / "train.jsonl"), strict=True))
+    shouted = [(a, b) for a, b in pairs if a.query == a.query.upper()]
+    assert all(b == a for a, b in pairs if a.query != a.query.upper())
+    assert all(b.query == fold_case(a.query, "all-caps-sentence") and b.positive == fold_case(a.positive, "all-caps-sentence")
+               for a, b in shouted)
+    assert any(b.query != a.query for a, b in shouted) and any(b.positive != a.positive for a, b in shouted)
 
 
 def test_training_data_adds_each_titled_document_as_its_own_titles_query_to_train_only(shared_beir, tmp_path):

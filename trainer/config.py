@@ -11,7 +11,7 @@ import yaml
 
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.lm.device import resolve_device
-from searchr3_eval.models.lm.prompt_format import resolve_prompts
+from searchr3_eval.models.lm.prompt_format import CASE_FOLDS, resolve_prompts
 
 
 def setting(default: Any, choices: tuple[str, ...] | None = None, at_least: float | None = None,
@@ -144,6 +144,9 @@ class DataConfig:
     case_fraction: float = setting(0.0, at_least=0, at_most=1)
     # half of those copies also upper-case their documents (false for a query adapter, whose index is fixed)
     case_documents: bool = True
+    # the copies as a model with this letter-case fold embeds them (prompt_format.fold_case): all-caps-sentence trains
+    # on the sentence-case text evaluation turns capitals into, off on the capitals themselves
+    case_fold: str = setting("off", choices=CASE_FOLDS)
     # of each source's distinct queries, for model selection
     heldout_fraction: float = setting(0.1, at_least=0, below=1)
     # BEIR folders whose documents' titles become training queries of their own documents (no judgement read; never

@@ -9,6 +9,7 @@ from pathlib import Path
 from searchr3_eval.data import RetrievalTask, document_text
 from searchr3_eval.errors import UserError
 from searchr3_eval.models.bm25 import BM25Retriever
+from searchr3_eval.models.lm.prompt_format import fold_case
 
 
 @dataclass
@@ -76,16 +77,22 @@ def mine_bm25_triples(task: RetrievalTask, num_negatives: int = 1, seed: int = 0
     return triples
 
 
-def case_variants(triples: list[Triple], fraction: float, rng: random.Random, documents: bool = True) -> list[Triple]:
+def case_variants(triples: list[Triple], fraction: float, rng: random.Random, documents: bool = True,
+                  fold: str = "off") -> list[Triple]:
     """Upper-cased copies of a random ``fraction`` of ``triples``, for a model that reads letter case where old
     collections and users write in capitals: each copy upper-cases its query, and with ``documents`` half of them also
-    their documents (so both an upper-cased query against normal documents and an all-capitals collection are seen)."""
+    their documents (so both an upper-cased query against normal documents and an all-capitals collection are seen).
+    With a ``fold`` (``prompt_format.fold_case``) each upper-cased text is written as that fold embeds it."""
     chosen = rng.sample(triples, round(len(triples) * fraction))
+
+    def shout(text: str) -> str:
+        return fold_case(text.upper(), fold)
+
     copies = []
     for i, t in enumerate(chosen):
         documents_too = documents and i % 2 == 1
-        copies.append(Triple(t.query.upper(), t.positive.upper() if documents_too else t.positive,
-                             [n.upper() for n in t.negatives] if documents_too else t.negatives, t.analysis))
+        copies.append(Triple(shout(t.query), shout(t.positive) if documents_too else t.positive,
+                             [shout(n) for n in t.negatives] if documents_too else t.negatives, t.analysis))
     return copies
 
 

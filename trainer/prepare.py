@@ -55,7 +55,8 @@ def prepare_data(cfg: DataConfig) -> dict:
         heldout += held
         negatives = Counter(len(t.negatives) for t in triples)
         counts[name] = {"train": len(kept), "heldout": len(held), "triples_by_negatives": dict(sorted(negatives.items()))}
-    case_copies = case_variants(train, cfg.case_fraction, rng, cfg.case_documents) if cfg.case_fraction else []
+    case_copies = (case_variants(train, cfg.case_fraction, rng, cfg.case_documents, cfg.case_fold)
+                   if cfg.case_fraction else [])
     train += case_copies
     held_queries = {t.query for t in heldout}
     for folder in cfg.title_query_dirs:
