@@ -60,7 +60,8 @@ class ModelOptions:
     document_prompt: str | None = option(None, "prefix for documents (as --query-prompt)")
     case_fold: str | None = option(None, "Search-R3 letter case: all-caps lower-cases a text of three words or more "
                                          "at least nine tenths of whose cased letters are capitals, all-caps-sentence "
-                                         "writes it in sentence case, off embeds every text as it is; default: what the model's manifest declares, else off",
+                                         "writes it in sentence case, off embeds every text as it is; default: what "
+                                         "the model's manifest declares, else off",
                                    CASE_FOLDS)
     index: str = option("flat", "dense search: flat (exact), ivf or hnsw (faiss), e.g. ivf:nprobe=32 or "
                                 "hnsw:ef_search=512")
