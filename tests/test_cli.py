@@ -61,6 +61,13 @@ def test_dense_run_uses_embedding_cache_on_second_run(data_dir, tmp_path):
     assert second["timing"]["queries_from_cache"] == 40
     assert second["scores"] == pytest.approx(first["scores"])
 
+    # a new query prompt re-encodes the queries only: the documents' embeddings do not depend on it
+    assert main([*common, "--query-prompt", "query: ", "--output-dir", str(tmp_path / "c")]) == 0
+    (prompted_file,) = (tmp_path / "c" / "runs" / "minilm").glob("MiniGSM-*.json")
+    prompted = json.loads(prompted_file.read_text())
+    assert prompted["timing"]["docs_from_cache"] == 40 and prompted["timing"]["queries_encoded"] == 40
+    assert prompted["scores"] != pytest.approx(first["scores"])
+
 
 def test_searchr3_model_without_embed_token(tiny_model_dir, data_dir, tmp_path, capsys):
     args = ["run", "--tasks", "MiniGSM", "--data-dir", str(data_dir), "--models", f"searchr3:{tiny_model_dir}",

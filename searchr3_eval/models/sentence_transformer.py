@@ -60,6 +60,10 @@ class SentenceTransformerEncoder(DenseEncoder):
     def settings(self) -> dict[str, Any]:
         return st_settings(self.prompts["query"], self.prompts["document"])
 
+    def embedding_settings(self, kind: Kind) -> dict[str, Any]:
+        """A kind's embeddings depend on its own prompt only: a new query prompt keeps the cached documents."""
+        return {f"{kind}_prompt": self.prompts[kind]}
+
     def bytes_per_token(self) -> int:
         """From the transformer module's config (``DenseEncoder.bytes_per_token``)."""
         transformer = getattr(self.model[0], "auto_model", None)
