@@ -7,6 +7,12 @@ from searchr3_eval.errors import UserError
 from searchr3_eval.verify import format_matrix, load_conditions, verify
 
 
+@pytest.fixture(scope="module")
+def embedding_cache(tmp_path_factory):
+    """One embedding cache for this module's runs: MiniLM's Medline documents are encoded once."""
+    return tmp_path_factory.mktemp("verify-cache")
+
+
 def test_conditions_file_is_complete():
     checks = load_conditions()
     tasks = ("SciFact", "NFCorpus", "cranfield", "cisi", "medline", "GSM8KRetrieval")
@@ -16,21 +22,22 @@ def test_conditions_file_is_complete():
     assert {c.task for c in checks if c.fast and c.condition.model == "minilm"} == {"medline", "GSM8KRetrieval"}
 
 
-def test_fast_rows_reproduce(shared_beir, tmp_path):
+def test_fast_rows_reproduce(shared_beir, tmp_path, embedding_cache):
     """What CI runs: BM25 on every shared task and the default task, MiniLM on Medline and the default task."""
-    checks = verify(shared_beir, fast=True, output_dir=tmp_path, show_progress=False)
+    checks = verify(shared_beir, fast=True, output_dir=tmp_path, cache_dir=embedding_cache, show_progress=False)
     assert len(checks) == 8 and all(c.passed for c in checks), format_matrix(checks)
     assert format_matrix(checks).splitlines()[-1] == "8 passed, 0 failed"
 
 
-def test_a_condition_carries_its_encoder_options(shared_beir, tmp_path):
+def test_a_condition_carries_its_encoder_options(shared_beir, tmp_path, embedding_cache):
     conditions = tmp_path / "conditions.yaml"
     conditions.write_text(
         "conditions:\n"
         "  - {name: bm25, model: bm25, rows: [{task: medline, scores: {ndcg_at_10: 0.6956}, tolerance: 0.0005, source: t}]}\n"
         "  - {name: minilm-prompted, model: minilm, options: {query_prompt: 'query: '},\n"
         "     rows: [{task: medline, scores: {ndcg_at_10: 0.7875}, tolerance: 0.0005, source: t}]}\n")
-    checks = verify(shared_beir, conditions, output_dir=tmp_path / "out", show_progress=False)
+    checks = verify(shared_beir, conditions, output_dir=tmp_path / "out", cache_dir=embedding_cache,
+                    show_progress=False)
     plain, prompted = checks
     assert plain.passed and prompted.measured is not None and not prompted.passed  # the prompt changes the score
     assert "| minilm-prompted | minilm | ndcg_at_10 |" in format_matrix(checks)
