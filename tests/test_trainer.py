@@ -9,8 +9,8 @@ import torch
 
 from searchr3_eval.data import load_task
 from searchr3_eval.errors import UserError
-from searchr3_eval.models.lm.prompt_format import fold_case
 from searchr3_eval.models.lm.generate import TransformersGenerator
+from searchr3_eval.models.lm.prompt_format import fold_case
 from searchr3_eval.models.searchr3 import SearchR3Encoder
 from trainer.config import LossWeights, RLConfig, SFTConfig, load_config
 from trainer.data import Triple, load_triples, mine_bm25_triples, write_triples
